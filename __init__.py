@@ -1,0 +1,1 @@
+"""graphrun: run diffusion node-graph workflows as data, in process."""
