@@ -1,1 +1,23 @@
-"""graphrun: run diffusion node-graph workflows as data, in process."""
+"""graphrun: run diffusion node-graph workflows as data, in process.
+
+    import graphrun
+    graph = graphrun.load("graphs/zimage_3stage.yaml")
+    result = graph.run(prompt="a lighthouse at dusk", seed=7)
+"""
+from graphrun.engine.api import Graph, GraphError, RunResult, Runner, load
+from graphrun.engine.context import Context, Interrupted, RunOptions
+from graphrun.engine.node import Comfy, Socket, node
+
+__all__ = [
+    "Comfy",
+    "Context",
+    "Graph",
+    "GraphError",
+    "Interrupted",
+    "RunOptions",
+    "RunResult",
+    "Runner",
+    "Socket",
+    "load",
+    "node",
+]

@@ -1,0 +1,70 @@
+"""The Python API: ``graphrun.load(path_or_dict)`` -> :class:`Graph`; ``graph.run(**params)``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Union
+
+from .diagnostics import Diagnostic, GraphError
+from .executor import RunResult, Runner
+from .graph import Document, ParamDecl, load_document
+from .node import Registry, make_registry
+from .progress import Reporter
+from .validate import BoundGraph, bind, check
+
+
+class Graph:
+    """A loaded graph document plus the node registry it is checked against.
+
+    ``run(**params)`` validates with the params applied, then runs on this graph's own
+    :class:`Runner`, so repeated calls in one process re-run only what changed.
+    """
+
+    def __init__(self, document: Document, registry: Registry, runner: Runner | None = None) -> None:
+        self.document = document
+        self.registry = registry
+        self._runner = runner
+
+    @property
+    def name(self) -> str:
+        return self.document.name
+
+    @property
+    def params(self) -> dict[str, ParamDecl]:
+        return dict(self.document.params)
+
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            self._runner = Runner()
+        return self._runner
+
+    def validate(self, **params: Any) -> list[Diagnostic]:
+        """Every diagnostic (errors and warnings) with these params applied."""
+        return check(self.document, self.registry, params)[1]
+
+    def bind(self, **params: Any) -> BoundGraph:
+        """The validated graph with params applied; raises GraphError listing every error."""
+        return bind(self.document, self.registry, params)
+
+    def run(self, *, _reporter: Reporter | None = None, **params: Any) -> RunResult:
+        """Validate and run with these params; returns the outputs of the output nodes."""
+        return self.runner.run(self.bind(**params), reporter=_reporter)
+
+
+def load(
+    source: Union[str, Path, dict],
+    *,
+    plugins: list[Union[str, Path]] = (),
+    registry: Registry | None = None,
+    runner: Runner | None = None,
+) -> Graph:
+    """Load a graph from a YAML/JSON path, YAML text, or a dict.
+
+    Syntax errors raise :class:`GraphError` at once; everything else is reported by
+    ``graph.validate()`` or raised by ``graph.run()``.
+    """
+    document = load_document(source)
+    return Graph(document, registry or make_registry(list(plugins)), runner)
+
+
+__all__ = ["Graph", "GraphError", "Runner", "RunResult", "load"]

@@ -1,0 +1,243 @@
+"""Planning and execution: a topological plan over the nodes that feed outputs, Merkle cache
+keys, a Runner that keeps results across runs, freeing after last use, progress, interrupt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+
+from .cache import DEFAULT_BUDGET, ResultCache
+from .context import Context, Interrupted, RunOptions
+from .progress import Event, Reporter, quiet
+from .validate import BoundGraph, BoundNode, needed_nodes
+
+
+class NodeFailed(Exception):
+    """A node raised while running. ``node`` and ``type`` name it; ``__cause__`` is the error."""
+
+    def __init__(self, node: str, node_type: str, error: BaseException):
+        self.node = node
+        self.node_type = node_type
+        self.error = error
+        message = str(error) or type(error).__name__
+        super().__init__(f"node '{node}' ({node_type}) failed: {message}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What runs, in which order, and when each result can be dropped."""
+
+    order: tuple[str, ...]
+    unused: tuple[str, ...]
+    consumers: dict[str, int]  # node id -> number of planned nodes that read it
+
+
+def make_plan(graph: BoundGraph) -> Plan:
+    """Deterministic topological order (ties broken by document order) of the needed nodes."""
+    needed = needed_nodes(graph.nodes)
+    g = nx.DiGraph()
+    for node_id in needed:
+        g.add_node(node_id)
+        for src in graph.dependencies(node_id):
+            g.add_edge(src, node_id)
+    order = tuple(nx.lexicographical_topological_sort(g, key=lambda n: graph.nodes[n].order))
+    consumers = {node_id: 0 for node_id in order}
+    for node_id in order:
+        for src in graph.dependencies(node_id):
+            consumers[src] += 1
+    unused = tuple(n for n in graph.nodes if n not in needed)
+    return Plan(order, unused, consumers)
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)  # keeps -0.0 / nan distinct and exact
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items())}
+    return value
+
+
+def cache_key(node: BoundNode, upstream: dict[str, str], salt: str = "") -> str:
+    """Merkle key: node type, version, literal inputs and upstream keys. Tensors never hashed."""
+    payload = [
+        node.spec.name,
+        node.spec.version,
+        _canonical(node.literals),
+        sorted((name, upstream[src], out) for name, (src, out) in node.links.items()),
+        salt,
+    ]
+    return hashlib.sha256(json.dumps(payload, default=repr).encode()).hexdigest()
+
+
+@dataclass
+class RunResult:
+    """What a run produced: output node results, and what ran versus what came from cache."""
+
+    outputs: dict[str, Any]
+    executed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file path returned by output nodes (SaveImage and the like), in order."""
+        found: list[Path] = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, Path):
+                found.append(value)
+            elif isinstance(value, (list, tuple)):
+                for v in value:
+                    walk(v)
+            elif isinstance(value, dict):
+                for v in value.values():
+                    walk(v)
+
+        walk(list(self.outputs.values()))
+        return found
+
+
+class Runner:
+    """Runs bound graphs, keeping results (and loaded models) across runs in this process.
+
+    ``cache_bytes`` bounds cached intermediate results (LRU); 0 disables caching, so each
+    intermediate is freed right after its last consumer. Nodes declared ``keep=True`` (model
+    loaders) stay cached regardless of the budget, the most recent ``max_kept`` of them.
+    """
+
+    def __init__(
+        self,
+        options: RunOptions | None = None,
+        *,
+        cache_bytes: int = DEFAULT_BUDGET,
+        max_kept: int = 4,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.options = options or RunOptions()
+        self.cache = ResultCache(cache_bytes)
+        self.max_kept = max_kept
+        self.reporter = reporter or quiet
+        self.shared: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._kept: list[str] = []
+
+    def interrupt(self) -> None:
+        """Ask the current run to stop at the next step boundary (thread- and signal-safe)."""
+        self._stop.set()
+
+    def _remember(self, key: str, outputs: tuple[Any, ...], keep: bool) -> None:
+        self.cache.put(key, outputs, keep=keep)
+        if keep:
+            if key in self._kept:
+                self._kept.remove(key)
+            self._kept.append(key)
+            while len(self._kept) > self.max_kept:
+                old = self._kept.pop(0)
+                if old in self.cache:
+                    self.cache._drop(old)
+
+    def run(self, graph: BoundGraph, reporter: Reporter | None = None) -> RunResult:
+        """Execute the nodes that feed output nodes. Raises NodeFailed or Interrupted."""
+        report = reporter or self.reporter
+        self._stop.clear()
+        plan = make_plan(graph)
+        result = RunResult(outputs={}, unused=list(plan.unused))
+        keys: dict[str, str] = {}
+        values: dict[str, tuple[Any, ...]] = {}
+        remaining = dict(plan.consumers)
+        run_salt = uuid.uuid4().hex
+        total = len(plan.order)
+        for index, node_id in enumerate(plan.order, 1):
+            if self._stop.is_set():
+                raise Interrupted(f"interrupted before node '{node_id}'")
+            node = graph.nodes[node_id]
+            spec = node.spec
+            # Non-cacheable nodes get a per-run salt, so they and everything after them re-run.
+            salt = "" if spec.cacheable else run_salt
+            key = cache_key(node, keys, salt)
+            keys[node_id] = key
+            outputs = self.cache.get(key) if spec.cacheable else None
+            if outputs is not None:
+                result.cached.append(node_id)
+                report(Event("cached", node_id, spec.name, index, total))
+            else:
+                outputs = self._execute(graph, node, values, report, index, total, result)
+                if spec.cacheable:
+                    self._remember(key, outputs, spec.keep)
+            values[node_id] = outputs
+            for src in {src for src, _ in node.links.values()}:
+                remaining[src] -= 1
+                if remaining[src] == 0:
+                    del values[src]  # last consumer done: drop our reference
+            if remaining[node_id] == 0:
+                values.pop(node_id, None)
+        return result
+
+    def _execute(
+        self,
+        graph: BoundGraph,
+        node: BoundNode,
+        values: dict[str, tuple[Any, ...]],
+        report: Reporter,
+        index: int,
+        total: int,
+        result: RunResult,
+    ) -> tuple[Any, ...]:
+        spec = node.spec
+        kwargs: dict[str, Any] = dict(node.literals)
+        for name, (src, out) in node.links.items():
+            src_spec = graph.nodes[src].spec
+            position = [o.name for o in src_spec.outputs].index(out)
+            kwargs[name] = values[src][position]
+        for ispec in spec.inputs:
+            if ispec.socket and ispec.name not in kwargs:
+                kwargs[ispec.name] = None  # optional socket left unconnected
+        if spec.context_param:
+            kwargs[spec.context_param] = Context(
+                node_id=node.id,
+                node_type=spec.name,
+                options=self.options,
+                emit=lambda kind, info: report(Event(kind, node.id, spec.name, index, total, info=info)),
+                stop=self._stop,
+                graph=graph,
+                shared=self.shared,
+            )
+        report(Event("start", node.id, spec.name, index, total))
+        started = time.perf_counter()
+        try:
+            returned = spec.fn(**kwargs)
+        except Interrupted:
+            raise
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted in node '{node.id}'") from None
+        except Exception as exc:
+            report(Event("error", node.id, spec.name, index, total, info={"error": str(exc)}))
+            raise NodeFailed(node.id, spec.name, exc) from exc
+        seconds = time.perf_counter() - started
+        result.executed.append(node.id)
+        result.seconds[node.id] = seconds
+        report(Event("end", node.id, spec.name, index, total, seconds=seconds))
+        if spec.output:
+            result.outputs[node.id] = returned
+        if len(spec.outputs) == 0:
+            return ()
+        if len(spec.outputs) == 1:
+            return (returned,)
+        outputs = tuple(returned)
+        if len(outputs) != len(spec.outputs):
+            raise NodeFailed(
+                node.id, spec.name, TypeError(f"returned {len(outputs)} values, declared {len(spec.outputs)}")
+            )
+        return outputs
+

@@ -1,0 +1,480 @@
+"""The graph document: YAML (or JSON, or a Python dict) with `graph`, `description`, `params`, `nodes`.
+
+```yaml
+graph: demo
+params:
+  prompt: {type: STRING, default: "a fox"}
+nodes:
+  enc:  {type: TextEncode, clip: loader.clip, text: "a photo of ${prompt}"}
+  save: {type: SaveImage, images: decode}
+```
+
+Input values, by form:
+- a socket input (MODEL, LATENT, ...) takes ``node`` or ``node.output``;
+- a primitive input takes a literal, ``$param`` (keeps the param's type), a string with
+  ``${param}`` / ``$param`` inside (interpolated; ``$$`` is a literal ``$``), or
+  ``{from: node.output}`` for a link.
+
+This module parses; :mod:`graphrun.engine.validate` checks against the node registry.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Union
+
+import yaml
+
+from .diagnostics import Diagnostic, GraphError, did_you_mean
+
+PARAM_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+NODE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+RESERVED_NODE_KEYS = ("type", "description")
+_TEMPLATE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+_WHOLE_PARAM = re.compile(r"^\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))$")
+
+Path_ = tuple[Union[str, int], ...]
+
+
+# ---------------------------------------------------------------- input value forms
+
+
+@dataclass(frozen=True)
+class Link:
+    """A reference to another node's output (``output`` None = the node's first output)."""
+
+    node: str
+    output: str | None = None
+
+    def __str__(self) -> str:
+        return self.node if self.output is None else f"{self.node}.{self.output}"
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    name: str
+
+
+@dataclass(frozen=True)
+class Template:
+    """A string with ``${param}`` parts; ``parts`` alternate literal text and ParamRef."""
+
+    parts: tuple[Union[str, ParamRef], ...]
+
+    def params(self) -> list[str]:
+        return [p.name for p in self.parts if isinstance(p, ParamRef)]
+
+    def render(self, values: dict[str, Any]) -> str:
+        return "".join(p if isinstance(p, str) else _as_text(values[p.name]) for p in self.parts)
+
+
+@dataclass(frozen=True)
+class Literal_:
+    value: Any
+
+
+InputValue = Union[Link, ParamRef, Template, Literal_]
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse_link(text: str) -> Link | None:
+    """``node`` or ``node.output``; None when the text cannot be a reference."""
+    if not isinstance(text, str) or not text:
+        return None
+    node, _, output = text.partition(".")
+    if not NODE_ID.match(node) or (output and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", output)):
+        return None
+    return Link(node, output or None)
+
+
+def parse_primitive(value: Any) -> InputValue | None:
+    """Classify a primitive input's raw value. None when ``{from: ...}`` is malformed."""
+    if isinstance(value, dict):
+        if set(value) == {"from"} and isinstance(value["from"], str):
+            return parse_link(value["from"])
+        return None
+    if isinstance(value, str) and "$" in value:
+        whole = _WHOLE_PARAM.match(value)
+        if whole:
+            return ParamRef(whole.group(1) or whole.group(2))
+        parts: list[Union[str, ParamRef]] = []
+        pos = 0
+        for m in _TEMPLATE.finditer(value):
+            parts.append(value[pos : m.start()])
+            parts.append("$" if m.group(0) == "$$" else ParamRef(m.group(1) or m.group(2)))
+            pos = m.end()
+        parts.append(value[pos:])
+        merged: list[Union[str, ParamRef]] = []
+        for part in parts:
+            if isinstance(part, str) and merged and isinstance(merged[-1], str):
+                merged[-1] += part
+            elif part != "":
+                merged.append(part)
+        if not any(isinstance(p, ParamRef) for p in merged):
+            return Literal_("".join(merged))  # only $$ escapes
+        return Template(tuple(merged))
+    return Literal_(value)
+
+
+# ---------------------------------------------------------------- source positions
+
+
+@dataclass
+class SourceMap:
+    """Where each value of the document sits in its file (1-based line and column)."""
+
+    file: str | None = None
+    positions: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+
+    def locate(self, path: Path_) -> dict[str, Any]:
+        """file/line/column keyword arguments for a Diagnostic, for the closest known path."""
+        path = tuple(path)
+        while path and path not in self.positions:
+            path = path[:-1]
+        pos = self.positions.get(path)
+        if pos is None:
+            return {"file": self.file}
+        return {"file": self.file, "line": pos[0], "column": pos[1]}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (a silent override is a classic YAML trap)."""
+
+
+def _record(node: yaml.Node, path: Path_, positions: dict[Path_, tuple[int, int]], dups: list) -> None:
+    positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                dups.append((path + (key,), key_node))
+            seen.add(key)
+            positions[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            _record(value_node, path + (key,), positions, dups)
+            positions[path + (key,)] = (value_node.start_mark.line + 1, value_node.start_mark.column + 1)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _record(item, path + (i,), positions, dups)
+
+
+def parse_text(text: str, file: str | None = None) -> tuple[Any, SourceMap]:
+    """Parse YAML (JSON is YAML) with positions. Raises GraphError(GR001/GR002) on syntax errors."""
+    source = SourceMap(file=file)
+    try:
+        root = yaml.compose(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader) if root is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise GraphError(
+            [
+                Diagnostic(
+                    "GR001",
+                    f"YAML syntax error: {problem}",
+                    file=file,
+                    line=mark.line + 1 if mark else None,
+                    column=mark.column + 1 if mark else None,
+                    hint="check indentation, colons and quotes near this position; "
+                    "a string containing ': ', '{' or '#' needs quotes",
+                )
+            ]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise GraphError([Diagnostic("GR001", f"YAML syntax error: {exc}", file=file)]) from None
+    dups: list = []
+    if root is not None:
+        _record(root, (), source.positions, dups)
+    if dups:
+        raise GraphError(
+            [
+                Diagnostic(
+                    "GR002",
+                    f"key {path[-1]!r} appears twice in the same mapping",
+                    hint="YAML would silently keep only the last one; remove or rename the duplicate",
+                    **source.locate(path),
+                )
+                for path, _ in dups
+            ]
+        )
+    return data, source
+
+
+# ---------------------------------------------------------------- the document
+
+
+@dataclass(frozen=True)
+class ParamDecl:
+    name: str
+    type: str
+    default: Any
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class NodeEntry:
+    id: str
+    type: str
+    inputs: dict[str, Any]  # raw values, parsed per input kind by the validator
+    description: str = ""
+
+
+@dataclass
+class Document:
+    """A parsed (not yet validated) graph document."""
+
+    name: str
+    description: str
+    params: dict[str, ParamDecl]
+    nodes: dict[str, NodeEntry]
+    source: SourceMap
+    raw: Any
+    problems: list[Diagnostic] = field(default_factory=list)  # structural problems found while parsing
+
+    @property
+    def file(self) -> str | None:
+        return self.source.file
+
+
+def _infer_type(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "BOOLEAN"
+    if isinstance(value, int):
+        return "INT"
+    if isinstance(value, float):
+        return "FLOAT"
+    if isinstance(value, str):
+        return "STRING"
+    return None
+
+
+def coerce_param(value: Any, type_name: str) -> Any:
+    """Coerce a value (a string from --set, or YAML scalar) to a param type. Raises ValueError."""
+    if type_name == "STRING":
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"expected text, got {type(value).__name__}")
+        return _as_text(value) if not isinstance(value, str) else value
+    if type_name == "BOOLEAN":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"expected true/false, got {value!r}")
+    if type_name == "INT":
+        if isinstance(value, bool):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if type_name == "FLOAT":
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    raise ValueError(f"unknown param type {type_name!r}")
+
+
+def _parse_params(raw: Any, source: SourceMap, problems: list[Diagnostic]) -> dict[str, ParamDecl]:
+    params: dict[str, ParamDecl] = {}
+    if raw is None:
+        return params
+    if not isinstance(raw, dict):
+        problems.append(
+            Diagnostic("GR002", "'params' must be a mapping of name -> {type, default}", **source.locate(("params",)))
+        )
+        return params
+    for name, decl in raw.items():
+        loc = source.locate(("params", name))
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            problems.append(Diagnostic("GR015", f"param name {name!r} is not an identifier", **loc))
+            continue
+        if not isinstance(decl, dict):  # shorthand: `seed: 42`
+            type_name = _infer_type(decl)
+            if type_name is None:
+                problems.append(
+                    Diagnostic(
+                        "GR015",
+                        f"param '{name}' must be a scalar default or {{type, default, description}}",
+                        input=name,
+                        **loc,
+                    )
+                )
+                continue
+            params[name] = ParamDecl(name, type_name, decl)
+            continue
+        unknown = set(decl) - {"type", "default", "description"}
+        if unknown:
+            problems.append(
+                Diagnostic(
+                    "GR015",
+                    f"param '{name}' has unknown key(s) {sorted(map(str, unknown))}",
+                    input=name,
+                    hint="a param takes type, default and description",
+                    **loc,
+                )
+            )
+        type_name = decl.get("type", _infer_type(decl.get("default")))
+        if type_name not in PARAM_TYPES:
+            problems.append(
+                Diagnostic(
+                    "GR015",
+                    f"param '{name}' has type {type_name!r}",
+                    input=name,
+                    hint=f"use one of {', '.join(PARAM_TYPES)}",
+                    **source.locate(("params", name, "type")),
+                )
+            )
+            continue
+        default = decl.get("default")
+        if default is not None:
+            try:
+                default = coerce_param(default, type_name)
+            except ValueError as exc:
+                problems.append(
+                    Diagnostic(
+                        "GR015",
+                        f"param '{name}' default {decl.get('default')!r}: {exc}",
+                        input=name,
+                        **source.locate(("params", name, "default")),
+                    )
+                )
+                continue
+        description = decl.get("description") or ""
+        params[name] = ParamDecl(name, type_name, default, str(description))
+    return params
+
+
+def _parse_nodes(raw: Any, source: SourceMap, problems: list[Diagnostic]) -> dict[str, NodeEntry]:
+    nodes: dict[str, NodeEntry] = {}
+    if not isinstance(raw, dict) or not raw:
+        problems.append(
+            Diagnostic(
+                "GR002",
+                "'nodes' must be a non-empty mapping of node id -> {type: ..., inputs...}",
+                **source.locate(("nodes",)),
+            )
+        )
+        return nodes
+    for node_id, body in raw.items():
+        loc = source.locate(("nodes", node_id))
+        if not isinstance(node_id, str) or not NODE_ID.match(node_id):
+            problems.append(
+                Diagnostic(
+                    "GR002",
+                    f"node id {node_id!r} is not valid",
+                    hint="use letters, digits, '_' and '-' (no dots: 'node.output' references outputs)",
+                    **loc,
+                )
+            )
+            continue
+        if not isinstance(body, dict):
+            problems.append(
+                Diagnostic("GR002", "a node must be a mapping with a 'type' key", node=node_id, **loc)
+            )
+            continue
+        node_type = body.get("type")
+        if not isinstance(node_type, str) or not node_type:
+            problems.append(
+                Diagnostic(
+                    "GR002",
+                    "node has no 'type'",
+                    node=node_id,
+                    hint="add type: <NodeType>; `graphrun nodes` lists them",
+                    **loc,
+                )
+            )
+            continue
+        inputs = {str(k): v for k, v in body.items() if k not in RESERVED_NODE_KEYS}
+        nodes[node_id] = NodeEntry(node_id, node_type, inputs, str(body.get("description") or ""))
+    return nodes
+
+
+def document_from_data(data: Any, source: SourceMap | None = None) -> Document:
+    """Build a Document from already-parsed data (dict), collecting structural problems."""
+    source = source or SourceMap()
+    problems: list[Diagnostic] = []
+    if not isinstance(data, dict):
+        problems.append(
+            Diagnostic(
+                "GR002",
+                f"a graph document must be a mapping with 'nodes', got {type(data).__name__}",
+                file=source.file,
+                line=1 if source.file else None,
+                column=1 if source.file else None,
+            )
+        )
+        return Document("untitled", "", {}, {}, source, data, problems)
+    unknown = [k for k in data if k not in ("graph", "description", "params", "nodes")]
+    for key in unknown:
+        hint = did_you_mean(str(key), ["graph", "description", "params", "nodes"])
+        problems.append(
+            Diagnostic(
+                "GR002",
+                f"unknown top-level key {key!r}",
+                hint=hint or "a document has graph, description, params and nodes",
+                **source.locate((key,)),
+            )
+        )
+    name = data.get("graph") or (Path(source.file).stem if source.file else "untitled")
+    params = _parse_params(data.get("params"), source, problems)
+    nodes = _parse_nodes(data.get("nodes"), source, problems)
+    return Document(str(name), str(data.get("description") or ""), params, nodes, source, data, problems)
+
+
+def load_document(doc: Union[str, Path, dict]) -> Document:
+    """Load a document from a path, a YAML/JSON string, or a dict. Raises GraphError on syntax errors."""
+    if isinstance(doc, dict):
+        return document_from_data(doc)
+    if isinstance(doc, Path) or (isinstance(doc, str) and "\n" not in doc and not doc.lstrip().startswith("{")):
+        path = Path(doc)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise GraphError([Diagnostic("GR017", f"graph file {path} does not exist", file=str(path))]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GraphError([Diagnostic("GR017", f"cannot read graph file {path}: {exc}", file=str(path))]) from None
+        data, source = parse_text(text, str(path))
+        return document_from_data(data, source)
+    data, source = parse_text(str(doc))
+    return document_from_data(data, source)
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, str]:
+    """``["k=v", ...]`` from ``--set`` into a dict (values stay strings; coerced per param later)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise GraphError(
+                [Diagnostic("GR016", f"--set {item!r} is not name=value", hint="write --set seed=7")]
+            )
+        out[key.strip()] = value
+    return out
+
+
+def to_yaml(data: Any) -> str:
+    """Serialise a document dict readably (flow style for each node's inputs)."""
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False)

@@ -1,0 +1,420 @@
+"""How a node type is declared, and the registry that holds node types.
+
+A node type is a plain Python function decorated with :func:`node`. Its signature is the
+declaration: parameters annotated with a :class:`Socket` subclass are link-only inputs,
+parameters annotated with ``int``/``float``/``str``/``bool``/``Literal[...]`` (optionally
+wrapped in ``Annotated[..., Field(...)]`` for ranges and descriptions) are primitive inputs
+that take literals, ``$params`` or links. The return annotation gives the outputs: one type,
+or a ``NamedTuple`` for several. The docstring is the help text users read with
+``graphrun nodes NAME``.
+
+This module must not import torch: validation and conversion run without it.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, Any, Callable, ClassVar, Literal, get_args, get_origin
+
+from pydantic import TypeAdapter
+from pydantic.fields import FieldInfo
+
+from .context import Context
+
+ENTRY_POINT_GROUP = "graphrun.nodes"
+
+
+class Socket:
+    """Base class of link-only value types (MODEL, LATENT, ...). Values are never literals."""
+
+    type_name: ClassVar[str] = "*"
+
+
+class AnyValue(Socket):
+    """Accepts a link from any output (display-only nodes)."""
+
+    type_name = "*"
+
+
+PRIMITIVE_NAMES: dict[type, str] = {int: "INT", float: "FLOAT", str: "STRING", bool: "BOOLEAN"}
+
+
+REQUIRED: Any = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of a node type."""
+
+    name: str
+    type_name: str  # MODEL, LATENT, ... for sockets; INT, FLOAT, STRING, BOOLEAN, COMBO for primitives
+    socket: bool
+    annotation: Any  # the python annotation used for validation (primitives only)
+    default: Any = REQUIRED
+    optional: bool = False  # a socket input that may be left unconnected
+    description: str = ""
+    choices: tuple[Any, ...] = ()
+    constraints: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED and not self.optional
+
+    def adapter(self) -> TypeAdapter:
+        return _adapter(self.annotation)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str
+    type_name: str
+
+
+@dataclass(frozen=True)
+class Comfy:
+    """The ComfyUI class_type a node type stands for.
+
+    ``inputs`` renames graphrun input names to ComfyUI ones (``{"latent": "latent_image"}``);
+    ``fixed`` gives values of graphrun inputs that the ComfyUI node implies (``EmptyLatentImage``
+    is ``EmptyLatent`` with ``channels=4``); ``widgets`` overrides the widget order (ComfyUI names,
+    defaults to the primitive inputs in declaration order); ``control_after_generate`` names the
+    widgets after which the UI stores an extra "control after generate" value.
+    """
+
+    class_type: str
+    inputs: dict[str, str] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    widgets: tuple[str, ...] | None = None
+    control_after_generate: tuple[str, ...] = ()
+    image_upload: tuple[str, ...] = ()
+    dynamic_prompts: tuple[str, ...] = ()
+
+    def comfy_name(self, ours: str) -> str:
+        return self.inputs.get(ours, ours)
+
+    def our_name(self, theirs: str) -> str:
+        for ours, name in self.inputs.items():
+            if name == theirs:
+                return ours
+        return theirs
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """Everything the engine knows about a node type."""
+
+    name: str
+    fn: Callable[..., Any]
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[OutputSpec, ...]
+    category: str
+    doc: str
+    version: int = 1
+    output: bool = False  # an output node: the plan runs what feeds it
+    cacheable: bool = True
+    keep: bool = False  # results stay in the runner's cache beyond the byte budget (loaded models)
+    comfy: tuple[Comfy, ...] = ()
+    context_param: str | None = None  # the parameter that receives the run Context
+    origin: str = ""
+
+    def input(self, name: str) -> InputSpec | None:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        return None
+
+    def output_named(self, name: str) -> OutputSpec | None:
+        for out in self.outputs:
+            if out.name == name:
+                return out
+        return None
+
+    @property
+    def summary(self) -> str:
+        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
+
+
+class NodeDeclarationError(TypeError):
+    """A node type's declaration is malformed (a bug in the node's code, not in a graph)."""
+
+
+_ADAPTERS: dict[Any, TypeAdapter] = {}
+
+
+def _adapter(annotation: Any) -> TypeAdapter:
+    try:
+        return _ADAPTERS[annotation]
+    except (KeyError, TypeError):
+        adapter = TypeAdapter(annotation)
+        try:
+            _ADAPTERS[annotation] = adapter
+        except TypeError:
+            pass
+        return adapter
+
+
+def _is_socket(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, Socket)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    if get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _primitive_name(tp: Any) -> tuple[str, tuple[Any, ...]] | None:
+    if tp in PRIMITIVE_NAMES:
+        return PRIMITIVE_NAMES[tp], ()
+    if get_origin(tp) is Literal:
+        return "COMBO", tuple(get_args(tp))
+    return None
+
+
+def _constraints(info: FieldInfo | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if info is None:
+        return out
+    for meta in info.metadata:
+        for key in ("ge", "gt", "le", "lt", "multiple_of", "min_length", "max_length"):
+            value = getattr(meta, key, None)
+            if value is not None:
+                out[key] = value
+    return out
+
+
+def _input_spec(fn_name: str, param: inspect.Parameter, hint: Any) -> InputSpec:
+    info: FieldInfo | None = None
+    base = hint
+    if get_origin(hint) is Annotated:
+        base, *extras = get_args(hint)
+        for extra in extras:
+            if isinstance(extra, FieldInfo):
+                info = extra
+    base, optional = _strip_optional(base)
+    description = (info.description if info and info.description else "") or ""
+    default = param.default
+    if _is_socket(base):
+        if default not in (REQUIRED, None):
+            raise NodeDeclarationError(f"{fn_name}: socket input {param.name!r} can only default to None")
+        return InputSpec(param.name, base.type_name, True, base, REQUIRED, optional or default is None, description)
+    prim = _primitive_name(base)
+    if prim is None:
+        raise NodeDeclarationError(
+            f"{fn_name}: input {param.name!r} has annotation {hint!r}; use a Socket subclass, "
+            "int, float, str, bool or Literal[...]"
+        )
+    type_name, choices = prim
+    annotation = hint if not optional else base
+    return InputSpec(
+        param.name, type_name, False, annotation, default, False, description, choices, _constraints(info)
+    )
+
+
+def _is_named_tuple(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields")
+
+
+def _output_specs(fn_name: str, hint: Any) -> tuple[OutputSpec, ...]:
+    if hint is None or hint is type(None) or hint is inspect.Signature.empty:
+        return ()
+    if _is_named_tuple(hint):
+        hints = typing.get_type_hints(hint)
+        return tuple(OutputSpec(name, _output_type(fn_name, hints[name])) for name in hint._fields)
+    return (OutputSpec(_output_type(fn_name, hint).lower(), _output_type(fn_name, hint)),)
+
+
+def _output_type(fn_name: str, tp: Any) -> str:
+    if _is_socket(tp):
+        return tp.type_name
+    prim = _primitive_name(tp)
+    if prim is None:
+        raise NodeDeclarationError(f"{fn_name}: output annotation {tp!r} is not a socket or primitive type")
+    return prim[0]
+
+
+def node(
+    name: str,
+    *,
+    category: str,
+    comfy: Comfy | str | tuple[Comfy | str, ...] = (),
+    version: int = 1,
+    output: bool = False,
+    cacheable: bool | None = None,
+    keep: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a node type. See the module docstring for the conventions.
+
+    ``output=True`` marks an output node (SaveImage, ...): the plan runs whatever feeds output
+    nodes, and output nodes run on every call (they have effects). ``cacheable=False`` opts a
+    non-deterministic node out of caching. ``keep=True`` keeps the results in the runner across
+    runs regardless of the byte budget (model loaders). ``version`` enters the cache key: bump
+    it when the node's behaviour changes.
+    """
+    comfys = comfy if isinstance(comfy, tuple) else (comfy,)
+    comfy_specs = tuple(Comfy(c) if isinstance(c, str) else c for c in comfys)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(fn, include_extras=True)
+        inputs: list[InputSpec] = []
+        context_param = None
+        for param in inspect.signature(fn).parameters.values():
+            hint = hints.get(param.name, Any)
+            if hint is Context:
+                context_param = param.name
+                continue
+            inputs.append(_input_spec(fn.__name__, param, hint))
+        returns = hints.get("return", None)
+        if output and not (_is_socket(returns) or _primitive_name(returns) or _is_named_tuple(returns)):
+            returns = None  # an output node's result (e.g. written paths) is reported, not linked
+        outputs = _output_specs(fn.__name__, returns)
+        spec = NodeSpec(
+            name=name,
+            fn=fn,
+            inputs=tuple(inputs),
+            outputs=outputs,
+            category=category,
+            doc=inspect.cleandoc(fn.__doc__ or ""),
+            version=version,
+            output=output,
+            cacheable=(not output) if cacheable is None else cacheable,
+            keep=keep,
+            comfy=comfy_specs,
+            context_param=context_param,
+            origin=f"{fn.__module__}.{fn.__qualname__}",
+        )
+        for comfy_spec in comfy_specs:
+            for ours in list(comfy_spec.inputs) + list(comfy_spec.fixed):
+                if spec.input(ours) is None:
+                    raise NodeDeclarationError(f"{name}: comfy mapping names unknown input {ours!r}")
+        fn.__graphrun_node__ = spec  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
+
+
+class RegistryError(Exception):
+    """A node type could not be registered (name clash, broken plugin)."""
+
+
+class Registry:
+    """The node types available to a graph, by name."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, NodeSpec] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._specs
+
+    def __iter__(self):
+        return iter(sorted(self._specs.values(), key=lambda s: (s.category, s.name)))
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def get(self, name: str) -> NodeSpec | None:
+        return self._specs.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def add(self, spec: NodeSpec) -> None:
+        existing = self._specs.get(spec.name)
+        if existing is not None and existing is not spec:
+            raise RegistryError(
+                f"node type {spec.name!r} is defined twice: by {existing.origin} and by {spec.origin}; "
+                "rename one of them"
+            )
+        self._specs[spec.name] = spec
+
+    def add_module(self, module: ModuleType) -> int:
+        """Register every node declared in ``module``; returns how many were added."""
+        count = 0
+        for value in vars(module).values():
+            spec = getattr(value, "__graphrun_node__", None)
+            if isinstance(spec, NodeSpec) and getattr(value, "__module__", None) == module.__name__:
+                self.add(spec)
+                count += 1
+        return count
+
+    def load_plugin_file(self, path: str | Path) -> int:
+        """Import a plugin from a ``.py`` file and register its nodes."""
+        path = Path(path)
+        if not path.is_file():
+            raise RegistryError(f"plugin file {path} does not exist")
+        module_name = f"graphrun_plugin_{path.stem}_{abs(hash(str(path.resolve()))):x}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise RegistryError(f"plugin file {path} cannot be imported (is it a .py file?)")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # a broken plugin must name itself, not crash the CLI
+            sys.modules.pop(module_name, None)
+            raise RegistryError(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}") from exc
+        for value in vars(module).values():
+            node_spec = getattr(value, "__graphrun_node__", None)
+            if isinstance(node_spec, NodeSpec):
+                object.__setattr__(node_spec, "origin", f"{path}:{node_spec.fn.__name__}")
+        return self.add_module(module)
+
+    def load_entry_points(self) -> None:
+        """Register node modules that installed packages expose under ``graphrun.nodes``."""
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                module = ep.load()
+            except Exception as exc:
+                raise RegistryError(
+                    f"plugin {ep.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+                ) from exc
+            if not isinstance(module, ModuleType):
+                raise RegistryError(f"plugin {ep.name!r} ({ep.value}) must name a module")
+            self.add_module(module)
+
+    def copy(self) -> "Registry":
+        other = Registry()
+        other._specs = dict(self._specs)
+        return other
+
+    def comfy_index(self) -> dict[str, tuple[NodeSpec, Comfy]]:
+        """ComfyUI class_type -> (node type, mapping)."""
+        index: dict[str, tuple[NodeSpec, Comfy]] = {}
+        for spec in self._specs.values():
+            for comfy in spec.comfy:
+                index.setdefault(comfy.class_type, (spec, comfy))
+        return index
+
+
+_DEFAULT: Registry | None = None
+
+
+def builtin_registry() -> Registry:
+    """The built-in node library plus installed plugins (loaded once per process)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        registry = Registry()
+        from graphrun import nodes as builtin
+
+        for module_name in builtin.MODULES:
+            registry.add_module(importlib.import_module(module_name))
+        registry.load_entry_points()
+        _DEFAULT = registry
+    return _DEFAULT
+
+
+def make_registry(plugins: list[str | Path] = (), builtins: bool = True) -> Registry:
+    """A registry with the built-ins (optional) and the given plugin files."""
+    registry = builtin_registry().copy() if builtins else Registry()
+    for path in plugins:
+        registry.load_plugin_file(path)
+    return registry

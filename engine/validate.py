@@ -1,0 +1,455 @@
+"""Every check that runs before anything executes. Problems are collected, never fail-fast.
+
+`check(document, registry, overrides)` returns the bound graph (all values resolved, all links
+typed) and the full list of diagnostics. Each rule is a plain function appending Diagnostics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+from pydantic import ValidationError
+
+from .diagnostics import Diagnostic, GraphError, did_you_mean
+from .graph import Document, Link, Literal_, ParamRef, Template, coerce_param, parse_link, parse_primitive
+from .node import InputSpec, NodeSpec, Registry
+
+
+@dataclass(frozen=True)
+class BoundNode:
+    """A node with every input resolved: literal values and typed links."""
+
+    id: str
+    spec: NodeSpec
+    literals: dict[str, Any]
+    links: dict[str, tuple[str, str]]  # input name -> (source node id, output name)
+    description: str = ""
+    order: int = 0
+
+
+@dataclass
+class BoundGraph:
+    """A validated graph with its param values applied: ready to plan and run."""
+
+    name: str
+    description: str
+    nodes: dict[str, BoundNode]
+    params: dict[str, Any]
+    document: Document
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+    def dependencies(self, node_id: str) -> set[str]:
+        return {src for src, _ in self.nodes[node_id].links.values()}
+
+    def to_networkx(self) -> nx.DiGraph:
+        g = nx.DiGraph()
+        for node in self.nodes.values():
+            g.add_node(node.id)
+            for src, _ in node.links.values():
+                g.add_edge(src, node.id)
+        return g
+
+
+def _type_compatible(out_type: str, in_type: str) -> bool:
+    return out_type == in_type or in_type == "*" or out_type == "*" or (out_type == "INT" and in_type == "FLOAT")
+
+
+def _value_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    msg = err.get("msg", str(exc))
+    return msg[0].lower() + msg[1:] if msg else msg
+
+
+def _describe(spec: InputSpec) -> str:
+    parts = [spec.type_name]
+    if spec.choices:
+        parts.append("one of " + ", ".join(repr(c) for c in spec.choices))
+    for key, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("multiple_of", "multiple of")):
+        if key in spec.constraints:
+            parts.append(f"{op} {spec.constraints[key]}")
+    return ", ".join(parts)
+
+
+def resolve_params(doc: Document, overrides: dict[str, Any], diags: list[Diagnostic]) -> dict[str, Any]:
+    """Param values: declared defaults, then overrides coerced to each param's type."""
+    values = {name: decl.default for name, decl in doc.params.items()}
+    for name, raw in overrides.items():
+        decl = doc.params.get(name)
+        if decl is None:
+            hint = did_you_mean(name, doc.params)
+            known = ", ".join(doc.params) or "none"
+            diags.append(
+                Diagnostic("GR016", f"unknown param '{name}'", input=name, hint=hint or f"this graph's params: {known}")
+            )
+            continue
+        try:
+            values[name] = coerce_param(raw, decl.type)
+        except ValueError as exc:
+            diags.append(
+                Diagnostic(
+                    "GR016",
+                    f"param '{name}' is {decl.type}: {exc}",
+                    input=name,
+                    hint=f"write --set {name}=<{decl.type.lower()}>",
+                )
+            )
+    return values
+
+
+def _bind_node(
+    doc: Document, node_id: str, registry: Registry, params: dict[str, Any], used: set[str], diags: list[Diagnostic]
+) -> BoundNode | None:
+    entry = doc.nodes[node_id]
+    loc = doc.source.locate
+    spec = registry.get(entry.type)
+    if spec is None:
+        comfy = registry.comfy_index().get(entry.type)
+        if comfy is not None:
+            hint = f"'{entry.type}' is the ComfyUI name; graphrun calls it '{comfy[0].name}'"
+        else:
+            hint = did_you_mean(entry.type, registry.names()) or "`graphrun nodes` lists the node types"
+        diags.append(
+            Diagnostic(
+                "GR003", f"unknown node type '{entry.type}'", node=node_id, hint=hint, **loc(("nodes", node_id, "type"))
+            )
+        )
+        return None
+    literals: dict[str, Any] = {}
+    links: dict[str, tuple[str, str]] = {}
+    for name, raw in entry.inputs.items():
+        where = loc(("nodes", node_id, name))
+        ispec = spec.input(name)
+        if ispec is None:
+            renamed = next((c.our_name(name) for c in spec.comfy if c.our_name(name) != name), None)
+            hint = (
+                f"'{name}' is the ComfyUI name; graphrun calls it '{renamed}'"
+                if renamed
+                else did_you_mean(name, [i.name for i in spec.inputs])
+                or f"{spec.name} takes: {', '.join(i.name for i in spec.inputs) or 'no inputs'}"
+            )
+            diags.append(
+                Diagnostic("GR004", f"{spec.name} has no input '{name}'", node=node_id, input=name, hint=hint, **where)
+            )
+            continue
+        if ispec.socket:
+            link = parse_link(raw) if isinstance(raw, str) else None
+            if link is None:
+                diags.append(
+                    Diagnostic(
+                        "GR009",
+                        f"{ispec.type_name} input takes a link, got {raw!r}",
+                        node=node_id,
+                        input=name,
+                        hint="write the source node id, or node.output",
+                        **where,
+                    )
+                )
+                continue
+            links[name] = (link.node, link.output or "")
+            continue
+        value = parse_primitive(raw)
+        if value is None:
+            diags.append(
+                Diagnostic(
+                    "GR009",
+                    f"malformed value {raw!r}",
+                    node=node_id,
+                    input=name,
+                    hint="a link to a primitive input is written {from: node.output}",
+                    **where,
+                )
+            )
+            continue
+        if isinstance(value, Link):
+            links[name] = (value.node, value.output or "")
+            continue
+        origin = ""
+        if isinstance(value, ParamRef):
+            if value.name not in doc.params:
+                diags.append(
+                    Diagnostic(
+                        "GR010",
+                        f"undefined param '${value.name}'",
+                        node=node_id,
+                        input=name,
+                        hint=did_you_mean(value.name, doc.params) or f"declare it under params: with type {ispec.type_name}",
+                        **where,
+                    )
+                )
+                continue
+            used.add(value.name)
+            resolved = params.get(value.name)
+            if resolved is None:
+                if not ispec.required:
+                    continue  # a param without a value leaves the node's default in force
+                diags.append(
+                    Diagnostic(
+                        "GR010",
+                        f"param '${value.name}' has no value",
+                        node=node_id,
+                        input=name,
+                        hint=f"give it a default, or --set {value.name}=...",
+                        **where,
+                    )
+                )
+                continue
+            origin = f" (from param '{value.name}')"
+        elif isinstance(value, Template):
+            undefined = [p for p in value.params() if p not in doc.params]
+            for p in undefined:
+                diags.append(
+                    Diagnostic(
+                        "GR010",
+                        f"undefined param '${{{p}}}' in text",
+                        node=node_id,
+                        input=name,
+                        hint=did_you_mean(p, doc.params) or "declare it under params:, or write $$ for a literal $",
+                        **where,
+                    )
+                )
+            if undefined:
+                continue
+            used.update(value.params())
+            if ispec.type_name != "STRING":
+                diags.append(
+                    Diagnostic(
+                        "GR009",
+                        f"text with ${{...}} interpolation given to a {ispec.type_name} input",
+                        node=node_id,
+                        input=name,
+                        hint="use a whole-value $param to keep the param's type",
+                        **where,
+                    )
+                )
+                continue
+            missing = [p for p in value.params() if params.get(p) is None]
+            if missing:
+                diags.append(
+                    Diagnostic(
+                        "GR010", f"param '${missing[0]}' has no value", node=node_id, input=name, **where
+                    )
+                )
+                continue
+            resolved = value.render(params)
+        else:
+            assert isinstance(value, Literal_)
+            resolved = value.value
+        try:
+            literals[name] = ispec.adapter().validate_python(resolved)
+        except ValidationError as exc:
+            diags.append(
+                Diagnostic(
+                    "GR009",
+                    f"value {resolved!r}{origin} is invalid: {_value_error(exc)}",
+                    node=node_id,
+                    input=name,
+                    hint=f"expected {_describe(ispec)}",
+                    **where,
+                )
+            )
+    for ispec in spec.inputs:
+        if ispec.name in literals or ispec.name in links or ispec.name in entry.inputs:
+            continue
+        if ispec.required:
+            diags.append(
+                Diagnostic(
+                    "GR005",
+                    f"missing required input '{ispec.name}' ({ispec.type_name})",
+                    node=node_id,
+                    input=ispec.name,
+                    hint=(
+                        f"add {ispec.name}: <node id> (a node with a {ispec.type_name} output)"
+                        if ispec.socket
+                        else f"add {ispec.name}: <{_describe(ispec)}>"
+                    ),
+                    **loc(("nodes", node_id)),
+                )
+            )
+        elif not ispec.socket:
+            literals[ispec.name] = ispec.default
+    order = list(doc.nodes).index(node_id)
+    return BoundNode(node_id, spec, literals, links, entry.description, order)
+
+
+def _check_links(doc: Document, bound: dict[str, BoundNode], diags: list[Diagnostic]) -> dict[str, BoundNode]:
+    """Resolve default outputs and check every link's ends exist and their types agree."""
+    fixed: dict[str, BoundNode] = {}
+    for node in bound.values():
+        links: dict[str, tuple[str, str]] = {}
+        ok = True
+        for name, (src, out) in node.links.items():
+            where = doc.source.locate(("nodes", node.id, name))
+            if src not in doc.nodes:
+                diags.append(
+                    Diagnostic(
+                        "GR006",
+                        f"references node '{src}', which does not exist",
+                        node=node.id,
+                        input=name,
+                        hint=did_you_mean(src, doc.nodes) or "check the node id",
+                        **where,
+                    )
+                )
+                ok = False
+                continue
+            source = bound.get(src)
+            if source is None:
+                continue  # the source node already has its own diagnostic
+            outputs = source.spec.outputs
+            if not outputs:
+                diags.append(
+                    Diagnostic(
+                        "GR007", f"node '{src}' ({source.spec.name}) has no outputs", node=node.id, input=name, **where
+                    )
+                )
+                ok = False
+                continue
+            if out:
+                ospec = source.spec.output_named(out)
+                if ospec is None:
+                    names = ", ".join(o.name for o in outputs)
+                    diags.append(
+                        Diagnostic(
+                            "GR007",
+                            f"node '{src}' ({source.spec.name}) has no output '{out}'",
+                            node=node.id,
+                            input=name,
+                            hint=(did_you_mean(out, [o.name for o in outputs]) or f"its outputs: {names}"),
+                            **where,
+                        )
+                    )
+                    ok = False
+                    continue
+            else:
+                ispec = node.spec.input(name)
+                assert ispec is not None
+                typed = [o for o in outputs if _type_compatible(o.type_name, ispec.type_name)]
+                ospec = typed[0] if typed else outputs[0]
+            ispec = node.spec.input(name)
+            assert ispec is not None
+            if not _type_compatible(ospec.type_name, ispec.type_name):
+                diags.append(
+                    Diagnostic(
+                        "GR008",
+                        f"type mismatch: '{src}.{ospec.name}' is {ospec.type_name} but "
+                        f"{node.spec.name}.{name} expects {ispec.type_name}",
+                        node=node.id,
+                        input=name,
+                        hint=f"connect a node with a {ispec.type_name} output",
+                        **where,
+                    )
+                )
+                ok = False
+                continue
+            links[name] = (src, ospec.name)
+        if ok:
+            fixed[node.id] = BoundNode(node.id, node.spec, node.literals, links, node.description, node.order)
+    return fixed
+
+
+def _check_cycles(doc: Document, bound: dict[str, BoundNode], diags: list[Diagnostic]) -> bool:
+    g = nx.DiGraph()
+    for node in bound.values():
+        for src, _ in node.links.values():
+            if src in bound:
+                g.add_edge(src, node.id)
+    found = False
+    for cycle in nx.simple_cycles(g):
+        found = True
+        ring = " -> ".join(cycle + [cycle[0]])
+        diags.append(
+            Diagnostic(
+                "GR012",
+                f"cycle: {ring}",
+                node=cycle[0],
+                hint="a graph must be acyclic; remove one of these links",
+                **doc.source.locate(("nodes", cycle[0])),
+            )
+        )
+        if sum(d.code == "GR012" for d in diags) >= 5:
+            break
+    return found
+
+
+def needed_nodes(bound: dict[str, BoundNode]) -> set[str]:
+    """Output nodes and everything that feeds them."""
+    g = nx.DiGraph()
+    for node in bound.values():
+        g.add_node(node.id)
+        for src, _ in node.links.values():
+            if src in bound:
+                g.add_edge(src, node.id)
+    needed: set[str] = set()
+    for node in bound.values():
+        if node.spec.output:
+            needed.add(node.id)
+            needed |= nx.ancestors(g, node.id)
+    return needed
+
+
+def check(
+    doc: Document, registry: Registry, overrides: dict[str, Any] | None = None
+) -> tuple[BoundGraph | None, list[Diagnostic]]:
+    """Validate a document against a registry with param overrides applied.
+
+    Returns (bound graph or None when there are errors, every diagnostic found).
+    """
+    diags: list[Diagnostic] = list(doc.problems)
+    params = resolve_params(doc, overrides or {}, diags)
+    used: set[str] = set()
+    bound: dict[str, BoundNode] = {}
+    for node_id in doc.nodes:
+        node = _bind_node(doc, node_id, registry, params, used, diags)
+        if node is not None:
+            bound[node_id] = node
+    bound = _check_links(doc, bound, diags)
+    has_cycle = _check_cycles(doc, bound, diags)
+    if doc.nodes and not any(n.spec.output for n in bound.values()) and len(bound) == len(doc.nodes):
+        outputs = sorted({s.name for s in registry if s.output})
+        diags.append(
+            Diagnostic(
+                "GR013",
+                "the graph has no output node, so nothing would run",
+                hint=f"add an output node such as {', '.join(outputs[:4]) or 'SaveImage'}",
+                file=doc.file,
+            )
+        )
+    elif not has_cycle and bound:
+        needed = needed_nodes(bound)
+        for node_id in bound:
+            if node_id not in needed:
+                diags.append(
+                    Diagnostic(
+                        "GR014",
+                        "does not feed any output node and will not run",
+                        severity="warning",
+                        node=node_id,
+                        **doc.source.locate(("nodes", node_id)),
+                    )
+                )
+    for name in doc.params:
+        if name not in used:
+            diags.append(
+                Diagnostic(
+                    "GR011",
+                    f"param '{name}' is declared but never used",
+                    severity="warning",
+                    input=name,
+                    **doc.source.locate(("params", name)),
+                )
+            )
+    if any(d.is_error for d in diags):
+        return None, diags
+    graph = BoundGraph(
+        doc.name, doc.description, bound, params, doc, warnings=[d for d in diags if not d.is_error]
+    )
+    return graph, diags
+
+
+def bind(doc: Document, registry: Registry, overrides: dict[str, Any] | None = None) -> BoundGraph:
+    """Like :func:`check`, but raise GraphError when there are errors."""
+    graph, diags = check(doc, registry, overrides)
+    if graph is None:
+        raise GraphError(diags)
+    return graph
