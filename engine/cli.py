@@ -112,8 +112,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not args.json:
         warnings = len(diags) - errors
         status = "invalid" if errors else "valid"
-        print(f"{doc.file or 'graph'}: {status} ({errors} errors, {warnings} warnings)", file=sys.stderr)
+        print(f"{doc.file or 'graph'}: {status} ({_plural(errors, 'error')}, {_plural(warnings, 'warning')})", file=sys.stderr)
     return EXIT_INVALID if errors else EXIT_OK
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _reporter(kind: str):

@@ -50,8 +50,8 @@ class Diagnostic:
 
     def format(self) -> str:
         where = ""
-        if self.file:
-            where = self.file
+        if self.file or self.line is not None:
+            where = self.file or "<text>"
             if self.line is not None:
                 where += f":{self.line}:{self.column or 1}"
             where += ": "

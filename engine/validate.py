@@ -355,8 +355,11 @@ def _check_cycles(doc: Document, bound: dict[str, BoundNode], diags: list[Diagno
             if src in bound:
                 g.add_edge(src, node.id)
     found = False
+    order = {node_id: i for i, node_id in enumerate(doc.nodes)}
     for cycle in nx.simple_cycles(g):
         found = True
+        start = min(range(len(cycle)), key=lambda i: order[cycle[i]])
+        cycle = cycle[start:] + cycle[:start]  # start at the first node in the document: stable text
         ring = " -> ".join(cycle + [cycle[0]])
         diags.append(
             Diagnostic(
@@ -415,7 +418,7 @@ def check(
                 file=doc.file,
             )
         )
-    elif not has_cycle and bound:
+    elif not has_cycle and bound and not any(d.is_error for d in diags):
         needed = needed_nodes(bound)
         for node_id in bound:
             if node_id not in needed:
@@ -439,6 +442,7 @@ def check(
                     **doc.source.locate(("params", name)),
                 )
             )
+    diags.sort(key=lambda d: (d.line is None, d.line or 0, d.column or 0))
     if any(d.is_error for d in diags):
         return None, diags
     graph = BoundGraph(
