@@ -233,7 +233,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     for spec in registry:
         if spec.category != category:
             category = spec.category
-            print(f"\n{category}:" if category else "")
+            print(f"\n{category}:" if spec is not next(iter(registry)) else f"{category}:")
         print(f"  {spec.name:<26} {spec.summary}")
     return EXIT_OK
 

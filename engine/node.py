@@ -138,7 +138,8 @@ class NodeSpec:
 
     @property
     def summary(self) -> str:
-        return self.doc.strip().splitlines()[0] if self.doc.strip() else ""
+        first_paragraph = self.doc.strip().split("\n\n")[0]
+        return " ".join(line.strip() for line in first_paragraph.splitlines())
 
 
 class NodeDeclarationError(TypeError):

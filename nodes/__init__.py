@@ -4,4 +4,12 @@
 never import torch at import time, so listing and validating graphs stays fast.
 """
 
-MODULES: list[str] = []
+MODULES: list[str] = [
+    "graphrun.nodes.models",
+    "graphrun.nodes.conditioning",
+    "graphrun.nodes.latent",
+    "graphrun.nodes.sample",
+    "graphrun.nodes.vae",
+    "graphrun.nodes.image",
+    "graphrun.nodes.plugins.flowmatch_scheduler",
+]

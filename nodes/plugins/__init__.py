@@ -1,0 +1,1 @@
+"""Plugins bundled with graphrun, written only against the public plugin API."""

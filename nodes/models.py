@@ -1,0 +1,257 @@
+"""Model loaders and model handles: LoadZImage, LoadDiffusionModel, LoadTextEncoder, LoadVAE,
+LoadLora, ModelSampling.
+
+A MODEL value is an immutable :class:`ModelHandle`: the base network plus sampling settings
+(shift) plus LoRA patches with strengths. Branches with different LoRAs share one base in
+memory; the patches are applied to the weights only while a sampler runs, and removed after.
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, NamedTuple
+
+from pydantic import Field
+
+from graphrun.engine.context import Context
+from graphrun.engine.node import Comfy, node
+
+from .types import Clip, Model, Vae
+
+if TYPE_CHECKING:
+    from .lora import LoraWeights
+    from .zimage.network import ZImageDenoiser
+
+
+@dataclass(frozen=True, eq=False)
+class ModelHandle:
+    """MODEL: base denoiser + flow shift + LoRA patches (applied only while sampling)."""
+
+    denoiser: "ZImageDenoiser"
+    shift: float = 3.0
+    loras: tuple[tuple["LoraWeights", float], ...] = ()
+
+    def with_shift(self, shift: float) -> "ModelHandle":
+        return replace(self, shift=shift)
+
+    def with_lora(self, lora: "LoraWeights", strength: float) -> "ModelHandle":
+        return replace(self, loras=self.loras + ((lora, strength),))
+
+    @contextmanager
+    def ready(self) -> Iterator["ZImageDenoiser"]:
+        """The denoiser with this handle's shift, its LoRAs patched into the weights meanwhile."""
+        from .lora import patched
+        from .sampling.schedules import FlowModelSampling
+
+        denoiser = self.denoiser.with_model_sampling(FlowModelSampling(shift=self.shift))
+        with patched(self.denoiser.transformer, self.loras):
+            yield denoiser
+
+
+@dataclass(frozen=True, eq=False)
+class ClipHandle:
+    """CLIP: the Qwen3 text encoder and its tokenizer."""
+
+    text_encoder: Any
+    tokenizer: Any
+
+
+@dataclass(frozen=True, eq=False)
+class VaeHandle:
+    """VAE: the Flux autoencoder."""
+
+    vae: Any
+
+
+class ZImageOutputs(NamedTuple):
+    model: Model
+    clip: Clip
+    vae: Vae
+
+
+def _models_dirs(ctx: Context) -> list[str]:
+    return list(ctx.options.extra.get("models_dirs", []))
+
+
+def _resolve(ctx: Context, name: str, kind: str) -> Path:
+    from .model_files import resolve_model_file
+
+    return resolve_model_file(name, kind, _models_dirs(ctx), ctx.options.extra.get("extra_model_paths"))
+
+
+def _device_dtype(ctx: Context, override: str | None = None) -> tuple[Any, Any]:
+    from .zimage.loading import resolve_device_dtype
+
+    return resolve_device_dtype(ctx.options.device, override or ctx.options.dtype)
+
+
+@node("LoadZImage", category="loaders", keep=True)
+def load_zimage(
+    ctx: Context,
+    path: Annotated[
+        str, Field(description="a Z-Image diffusers folder (e.g. Tongyi-MAI/Z-Image-Turbo), or 'tiny'")
+    ] = "tiny",
+) -> ZImageOutputs:
+    """Load a Z-Image model from a diffusers folder: the MODEL, its text encoder (CLIP) and VAE.
+
+    `tiny` is a tiny random-weight Z-Image with the real architecture, built locally on first
+    use (offline; pictures are noise). Device and dtype follow `--device`/`--dtype` (default:
+    CUDA + bf16 when available, else CPU + fp32); `--offload` keeps weights on the CPU between uses.
+    """
+    from .zimage.loading import load_diffusers_folder
+    from .zimage.network import ZImageDenoiser
+    from .zimage.tiny import tiny_model_dir
+
+    folder = tiny_model_dir() if path == "tiny" else Path(path).expanduser()
+    device, dtype = _device_dtype(ctx)
+    parts = load_diffusers_folder(folder, device, dtype, offload=ctx.options.offload)
+    return ZImageOutputs(
+        ModelHandle(ZImageDenoiser.from_parts(parts)),
+        ClipHandle(parts.text_encoder, parts.tokenizer),
+        VaeHandle(parts.vae),
+    )
+
+
+@node(
+    "LoadDiffusionModel",
+    category="loaders",
+    keep=True,
+    comfy=Comfy("UNETLoader", inputs={"name": "unet_name"}),
+)
+def load_diffusion_model(
+    ctx: Context,
+    name: Annotated[str, Field(description="file in diffusion_models/ (or unet/), or a path")],
+    weight_dtype: Literal["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"] = "default",
+) -> Model:
+    """Load a Z-Image transformer from one safetensors file (ComfyUI UNETLoader).
+
+    `weight_dtype` other than `default` is accepted for ComfyUI compatibility; graphrun keeps
+    the device's dtype policy (fp8 storage is not implemented) and says so.
+    """
+    from .zimage.loading import load_transformer_file
+    from .zimage.network import ZImageDenoiser
+
+    if weight_dtype != "default":
+        ctx.warn(f"weight_dtype {weight_dtype} is not supported; using {ctx.options.dtype or 'the default dtype'}")
+    device, dtype = _device_dtype(ctx)
+    transformer = load_transformer_file(_resolve(ctx, name, "diffusion_models"), device, dtype)
+    return ModelHandle(ZImageDenoiser(transformer, device=device))
+
+
+@node(
+    "LoadTextEncoder",
+    category="loaders",
+    keep=True,
+    comfy=Comfy("CLIPLoader", inputs={"name": "clip_name"}),
+)
+def load_text_encoder(
+    ctx: Context,
+    name: Annotated[str, Field(description="file in text_encoders/ (or clip/), or a path")],
+    type: Annotated[str, Field(description="ComfyUI's architecture hint; Z-Image uses lumina2")] = "lumina2",
+    device: Literal["default", "cpu"] = "default",
+) -> Clip:
+    """Load the Qwen3 text encoder from one safetensors file (ComfyUI CLIPLoader, type lumina2).
+
+    The tokenizer is looked for next to the file (`tokenizer/`) or in `GRAPHRUN_TOKENIZER`;
+    the tiny model's encoder uses its built-in byte tokenizer.
+    """
+    from .zimage.loading import load_text_encoder_file
+
+    if type not in ("lumina2", "qwen_image", "stable_diffusion", "z_image"):
+        ctx.warn(f"type '{type}' ignored: the architecture is detected from the file")
+    dev, dtype = _device_dtype(ctx)
+    if device == "cpu":
+        import torch
+
+        dev = torch.device("cpu")
+    parts = load_text_encoder_file(_resolve(ctx, name, "text_encoders"), dev, dtype)
+    return ClipHandle(parts.text_encoder, parts.tokenizer)
+
+
+@node("LoadVAE", category="loaders", keep=True, comfy=Comfy("VAELoader", inputs={"name": "vae_name"}))
+def load_vae(
+    ctx: Context, name: Annotated[str, Field(description="file in vae/, or a path (Flux ae.safetensors)")]
+) -> Vae:
+    """Load the Flux VAE from one safetensors file (ComfyUI VAELoader)."""
+    from .zimage.loading import load_vae_file
+
+    device, dtype = _device_dtype(ctx)
+    return VaeHandle(load_vae_file(_resolve(ctx, name, "vae"), device, dtype))
+
+
+class LoraOutputs(NamedTuple):
+    model: Model
+    clip: Clip
+
+
+def resolve_lora(ctx: Context, name: str) -> Path:
+    """A LoRA file by name; ``tiny:<layout>`` names the built-in test LoRAs of the tiny model."""
+    if name.startswith("tiny:"):
+        from .zimage.tiny import tiny_comfy_dir
+
+        layout = name.split(":", 1)[1]
+        path = tiny_comfy_dir() / "loras" / f"tiny_lora_{layout}.safetensors"
+        if not path.exists():
+            choices = sorted(p.stem.removeprefix("tiny_lora_") for p in (tiny_comfy_dir() / "loras").glob("*.safetensors"))
+            raise FileNotFoundError(f"no tiny test LoRA '{layout}'; choose one of: {', '.join(choices)}")
+        return path
+    return _resolve(ctx, name, "loras")
+
+
+@node(
+    "LoadLora",
+    category="loaders",
+    comfy=(
+        Comfy("LoraLoaderModelOnly", inputs={"name": "lora_name"}, widgets=("lora_name", "strength_model")),
+        Comfy("LoraLoader", inputs={"name": "lora_name"}),
+    ),
+)
+def load_lora(
+    ctx: Context,
+    model: Model,
+    name: Annotated[str, Field(description="file in loras/, a path, or tiny:<layout> for the tiny test LoRAs")],
+    strength_model: Annotated[float, Field(ge=-100.0, le=100.0)] = 1.0,
+    clip: Clip | None = None,
+    strength_clip: Annotated[float, Field(ge=-100.0, le=100.0)] = 1.0,
+) -> LoraOutputs:
+    """Add a LoRA to a model handle (ComfyUI LoraLoader / LoraLoaderModelOnly).
+
+    Accepts diffusers/PEFT keys, kohya `lora_unet_...`, `diffusion_model....` with lora_A/B or
+    lora_down/up (+alpha), and ComfyUI-native names including the fused `attention.qkv`.
+    Stack several by chaining; the base weights are shared and patched only while sampling.
+    A LoRA that matches nothing is an error; a partial match warns with the unmatched keys.
+    Text-encoder LoRA weights are not applied (the clip passes through unchanged).
+    """
+    from .lora import load_lora as read_lora, match_lora
+
+    if strength_model == 0 and strength_clip == 0:
+        return LoraOutputs(model, clip)
+    lora = read_lora(resolve_lora(ctx, name))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        match = match_lora(model.denoiser.transformer, lora)
+    for warning in caught:
+        ctx.warn(str(warning.message))
+    if clip is not None and strength_clip != 0 and any(k.startswith(("lora_te", "text_encoder")) for k in lora.keys):
+        ctx.warn("text-encoder LoRA weights are not applied")
+    del match  # matching validated the file against this model; patches are applied at sampling
+    handle = model if strength_model == 0 else model.with_lora(lora, strength_model)
+    return LoraOutputs(handle, clip)
+
+
+@node(
+    "ModelSampling",
+    category="model",
+    comfy=(Comfy("ModelSamplingAuraFlow"), Comfy("ModelSamplingSD3")),
+)
+def model_sampling(
+    model: Model,
+    shift: Annotated[float, Field(ge=0.0, le=100.0, description="flow shift; Z-Image Turbo uses 3")] = 3.0,
+) -> Model:
+    """Set the flow shift of a model (ComfyUI ModelSamplingAuraFlow / ModelSamplingSD3).
+
+    sigma(t) = shift*t / (1 + (shift-1)*t). Without this node Z-Image uses shift 3.
+    """
+    return model.with_shift(shift)

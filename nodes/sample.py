@@ -1,0 +1,246 @@
+"""Sampling nodes: Sampler (KSampler), SamplerAdvanced, and the custom-sampling family
+(SamplerCustom, SamplerCustomAdvanced, KSamplerSelect, BasicScheduler, RandomNoise,
+DisableNoise, CFGGuider, BasicGuider, SplitSigmas).
+
+The math lives in ``graphrun.nodes.sampling`` as pure functions reproducing ComfyUI bit for
+bit; these declarations wire them to model handles, progress and Ctrl-C.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
+
+from pydantic import Field
+
+from graphrun.engine.context import Context
+from graphrun.engine.node import Comfy, node
+
+from .latent import LatentValue
+from .types import Conditioning, Guider, Latent, Model, Noise, Sampler, Sigmas
+
+if TYPE_CHECKING:
+    from .models import ModelHandle
+
+SamplerName = Literal["euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "lcm", "ddim", "res_multistep"]
+SchedulerName = Literal[
+    "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic", "kl_optimal"
+]
+Seed = Annotated[int, Field(ge=0, le=2**64 - 1, description="noise seed")]
+Steps = Annotated[int, Field(ge=1, le=10_000)]
+Cfg = Annotated[float, Field(ge=0.0, le=100.0, description="classifier-free guidance; 1 skips the negative")]
+Denoise = Annotated[float, Field(ge=0.0, le=1.0, description="< 1 runs `steps` steps on the tail of a longer schedule")]
+
+
+def _progress(ctx: Context):
+    return lambda info: ctx.progress(info.i + 1, info.total)
+
+
+@node(
+    "Sampler",
+    category="sampling",
+    comfy=Comfy(
+        "KSampler",
+        inputs={"latent": "latent_image", "sampler": "sampler_name"},
+        control_after_generate=("seed",),
+    ),
+)
+def sampler(
+    ctx: Context,
+    model: Model,
+    positive: Conditioning,
+    negative: Conditioning,
+    latent: Latent,
+    seed: Seed = 0,
+    steps: Steps = 20,
+    cfg: Cfg = 8.0,
+    sampler: SamplerName = "euler",
+    scheduler: SchedulerName = "simple",
+    denoise: Denoise = 1.0,
+) -> Latent:
+    """Denoise a latent (ComfyUI KSampler semantics).
+
+    Noise comes from `seed` on the CPU exactly as ComfyUI draws it. `denoise` < 1 runs `steps`
+    steps on the last part of a schedule of int(steps/denoise) steps (img2img, upscale passes).
+    cfg 1 evaluates only the positive prompt.
+    """
+    from .sampling.pipeline import ksampler
+
+    handle: ModelHandle = model
+    with handle.ready() as denoiser:
+        samples = ksampler(
+            denoiser, seed, steps, cfg, sampler, scheduler, positive, negative, latent.samples, denoise,
+            batch_index=latent.batch_index, callback=_progress(ctx),
+        )
+    return LatentValue(samples, latent.batch_index)
+
+
+@node(
+    "SamplerAdvanced",
+    category="sampling",
+    comfy=Comfy(
+        "KSamplerAdvanced",
+        inputs={"latent": "latent_image", "sampler": "sampler_name"},
+        control_after_generate=("noise_seed",),
+    ),
+)
+def sampler_advanced(
+    ctx: Context,
+    model: Model,
+    positive: Conditioning,
+    negative: Conditioning,
+    latent: Latent,
+    add_noise: Literal["enable", "disable"] = "enable",
+    noise_seed: Seed = 0,
+    steps: Steps = 20,
+    cfg: Cfg = 8.0,
+    sampler: SamplerName = "euler",
+    scheduler: SchedulerName = "simple",
+    start_at_step: Annotated[int, Field(ge=0, le=10_000)] = 0,
+    end_at_step: Annotated[int, Field(ge=0, le=10_000)] = 10_000,
+    return_with_leftover_noise: Literal["disable", "enable"] = "disable",
+) -> Latent:
+    """Run part of a schedule (ComfyUI KSamplerAdvanced): steps start_at_step..end_at_step of
+    `steps`, optionally without adding noise and keeping the leftover noise for a next stage."""
+    from .sampling.pipeline import ksampler_advanced
+
+    handle: ModelHandle = model
+    with handle.ready() as denoiser:
+        samples = ksampler_advanced(
+            denoiser, add_noise == "enable", noise_seed, steps, cfg, sampler, scheduler, positive, negative,
+            latent.samples, start_at_step, end_at_step, return_with_leftover_noise == "enable",
+            batch_index=latent.batch_index, callback=_progress(ctx),
+        )
+    return LatentValue(samples, latent.batch_index)
+
+
+class SampledLatents(NamedTuple):
+    output: Latent
+    denoised_output: Latent
+
+
+@dataclass(frozen=True, eq=False)
+class GuiderValue:
+    """GUIDER: a model handle with its conditionings and cfg; built into a guider at sampling."""
+
+    model: Any
+    positive: Any
+    negative: Any = None
+    cfg: float = 1.0
+
+    def build(self, denoiser: Any) -> Any:
+        from .sampling.guidance import BasicGuider, CFGGuider
+
+        if self.negative is None:
+            return BasicGuider(denoiser, self.positive)
+        return CFGGuider(denoiser, self.positive, self.negative, self.cfg)
+
+
+def _sample_with_guider(ctx: Context, guider: GuiderValue, noise: Any, sampler: Any, sigmas: Any, latent: LatentValue):
+    from .sampling.pipeline import sample_custom
+
+    with guider.model.ready() as denoiser:
+        output, denoised = sample_custom(
+            guider.build(denoiser), noise, sampler, sigmas, latent.samples,
+            batch_index=latent.batch_index, callback=_progress(ctx),
+        )
+    return SampledLatents(LatentValue(output, latent.batch_index), LatentValue(denoised, latent.batch_index))
+
+
+@node(
+    "SamplerCustom",
+    category="sampling/custom",
+    comfy=Comfy("SamplerCustom", inputs={"latent": "latent_image"}, control_after_generate=("noise_seed",)),
+)
+def sampler_custom(
+    ctx: Context,
+    model: Model,
+    positive: Conditioning,
+    negative: Conditioning,
+    sampler: Sampler,
+    sigmas: Sigmas,
+    latent: Latent,
+    add_noise: bool = True,
+    noise_seed: Seed = 0,
+    cfg: Cfg = 8.0,
+) -> SampledLatents:
+    """Sample with an explicit SAMPLER and SIGMAS (ComfyUI SamplerCustom).
+
+    Returns the result and the model's last x0 prediction (`denoised_output`).
+    """
+    from .sampling.noise import DisableNoise, RandomNoise
+
+    noise = RandomNoise(noise_seed) if add_noise else DisableNoise(noise_seed)
+    return _sample_with_guider(ctx, GuiderValue(model, positive, negative, cfg), noise, sampler, sigmas, latent)
+
+
+@node(
+    "SamplerCustomAdvanced",
+    category="sampling/custom",
+    comfy=Comfy("SamplerCustomAdvanced", inputs={"latent": "latent_image"}),
+)
+def sampler_custom_advanced(
+    ctx: Context, noise: Noise, guider: Guider, sampler: Sampler, sigmas: Sigmas, latent: Latent
+) -> SampledLatents:
+    """Sample from NOISE, GUIDER, SAMPLER and SIGMAS (ComfyUI SamplerCustomAdvanced)."""
+    return _sample_with_guider(ctx, guider, noise, sampler, sigmas, latent)
+
+
+@node("KSamplerSelect", category="sampling/custom", comfy=Comfy("KSamplerSelect", inputs={"sampler": "sampler_name"}))
+def ksampler_select(sampler: SamplerName = "euler") -> Sampler:
+    """A SAMPLER by name, with ComfyUI's default options."""
+    from .sampling.samplers import get_sampler
+
+    return get_sampler(sampler)
+
+
+@node("BasicScheduler", category="sampling/custom", comfy=Comfy("BasicScheduler"))
+def basic_scheduler(
+    model: Model, scheduler: SchedulerName = "simple", steps: Steps = 20, denoise: Denoise = 1.0
+) -> Sigmas:
+    """SIGMAS for a scheduler and step count on this model's flow shift (ComfyUI BasicScheduler)."""
+    from .sampling.schedules import FlowModelSampling, basic_scheduler_sigmas
+
+    return basic_scheduler_sigmas(FlowModelSampling(shift=model.shift), scheduler, steps, denoise)
+
+
+@node(
+    "RandomNoise",
+    category="sampling/custom",
+    comfy=Comfy("RandomNoise", control_after_generate=("noise_seed",)),
+)
+def random_noise(noise_seed: Seed = 0) -> Noise:
+    """Seeded initial noise, drawn on the CPU exactly as ComfyUI does."""
+    from .sampling.noise import RandomNoise
+
+    return RandomNoise(noise_seed)
+
+
+@node("DisableNoise", category="sampling/custom", comfy=Comfy("DisableNoise"))
+def disable_noise() -> Noise:
+    """No initial noise (continue from a latent that still carries noise)."""
+    from .sampling.noise import DisableNoise
+
+    return DisableNoise()
+
+
+@node("CFGGuider", category="sampling/custom", comfy=Comfy("CFGGuider"))
+def cfg_guider(model: Model, positive: Conditioning, negative: Conditioning, cfg: Cfg = 8.0) -> Guider:
+    """Classifier-free guidance: D = D_neg + (D_pos - D_neg) * cfg (cfg 1: positive only)."""
+    return GuiderValue(model, positive, negative, cfg)
+
+
+@node("BasicGuider", category="sampling/custom", comfy=Comfy("BasicGuider"))
+def basic_guider(model: Model, conditioning: Conditioning) -> Guider:
+    """Guidance from one conditioning only (no negative)."""
+    return GuiderValue(model, conditioning)
+
+
+class SplitSigmasOutputs(NamedTuple):
+    high_sigmas: Sigmas
+    low_sigmas: Sigmas
+
+
+@node("SplitSigmas", category="sampling/custom", comfy=Comfy("SplitSigmas"))
+def split_sigmas(sigmas: Sigmas, step: Annotated[int, Field(ge=0, le=10_000)] = 0) -> SplitSigmasOutputs:
+    """Split a schedule at `step`: (sigmas[:step+1], sigmas[step:]) — the shared sigma is in both."""
+    return SplitSigmasOutputs(sigmas[: step + 1], sigmas[step:])

@@ -1,0 +1,156 @@
+"""Small deterministic test LoRAs for a (tiny) Z-Image transformer, one file per accepted key layout.
+
+Every file except ``unmatched`` and ``partial`` encodes the *same* update: one seeded set of
+low-rank pairs over all of the transformer's linear layers, with the query/key/value projections
+of each block sharing their down matrix so the set can also be written as a fused ``attention.qkv``
+LoRA. Where a layout carries an ``alpha``, the up matrix is pre-scaled by ``rank / alpha`` (a power
+of two), so ``(alpha / rank) · (up @ down)`` is bit-identical to the unscaled pair. Loading any of
+them and patching must therefore give identical weights, which is what the tests check.
+
+Magnitudes are comparable to the tiny model's own weights, so a patched model's output visibly
+differs from the base model's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from graphrun.nodes.zimage import lora_keys
+
+__all__ = ["LAYOUTS", "RANK", "canonical_pairs", "write_test_loras"]
+
+#: Rank of the test LoRAs.
+RANK = 4
+
+#: The layouts `write_test_loras` writes, in order (the keys of its result).
+LAYOUTS = (
+    "peft",  # transformer.<diffusers>.lora_A.weight / lora_B.weight
+    "peft_bare_default",  # <diffusers>.lora_A.default.weight / lora_B.default.weight
+    "kohya",  # lora_unet_<native with _>.lora_down.weight / lora_up.weight / alpha (fused qkv)
+    "lycoris",  # lycoris_<diffusers with _>.lora_down.weight / lora_up.weight / alpha
+    "diffusion_model_ab",  # diffusion_model.<native>.lora_A.weight / lora_B.weight (fused qkv)
+    "diffusion_model_updown",  # diffusion_model.<native>.lora_down.weight / lora_up.weight / alpha
+    "diffusion_model_diffusers_names",  # diffusion_model.<diffusers>.lora_A/B.weight (ai-toolkit style)
+    "comfy_native_qkv",  # <native>.lora_A/B.weight, only the fused attention.qkv modules
+    "unmatched",  # SDXL UNet + CLIP keys: matches nothing in Z-Image
+    "partial",  # half Z-Image keys, half keys for modules the tiny model does not have
+)
+
+
+def canonical_pairs(
+    transformer: torch.nn.Module, seed: int = 20240607, rank: int = RANK
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Seeded ``{diffusers module name: (down [rank, in], up [out, rank])}`` for every linear layer.
+
+    The to_q/to_k/to_v of a block share one down tensor (the same object), as a fused qkv LoRA does.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    shared_down: dict[str, torch.Tensor] = {}
+    for name, module in transformer.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        out_features, in_features = module.weight.shape
+        native, third = lora_keys.diffusers_to_native(name)
+        if third is not None:
+            if native not in shared_down:
+                shared_down[native] = torch.randn(rank, in_features, generator=gen) * 0.25
+            down = shared_down[native]
+        else:
+            down = torch.randn(rank, in_features, generator=gen) * 0.25
+        up = torch.randn(out_features, rank, generator=gen) * 0.25
+        pairs[name] = (down, up)
+    return pairs
+
+
+def _native_pairs(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The same pairs under original/ComfyUI-native names, q/k/v fused into one qkv pair."""
+    native: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    fused: dict[str, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+    for name, (down, up) in pairs.items():
+        native_name, third = lora_keys.diffusers_to_native(name)
+        if third is None:
+            native[native_name] = (down, up)
+        else:
+            fused.setdefault(native_name, []).append((third, down, up))
+    for native_name, parts in fused.items():
+        parts.sort(key=lambda p: p[0])
+        native[native_name] = (parts[0][1], torch.cat([up for _, _, up in parts], dim=0))
+    return native
+
+
+def _ab(pairs, prefix: str, down_suffix: str, up_suffix: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for name, (down, up) in pairs.items():
+        out[f"{prefix}{name}{down_suffix}"] = down
+        out[f"{prefix}{name}{up_suffix}"] = up
+    return out
+
+
+def _with_alpha(pairs, prefix: str, alpha_factor: float, underscore: bool) -> dict[str, torch.Tensor]:
+    """lora_down/lora_up/alpha keys with alpha = rank·alpha_factor and up pre-divided by it."""
+    out: dict[str, torch.Tensor] = {}
+    for name, (down, up) in pairs.items():
+        key = name.replace(".", "_") if underscore else name
+        rank = down.shape[0]
+        out[f"{prefix}{key}.lora_down.weight"] = down
+        out[f"{prefix}{key}.lora_up.weight"] = up / alpha_factor
+        out[f"{prefix}{key}.alpha"] = torch.tensor(rank * alpha_factor, dtype=torch.float32)
+    return out
+
+
+def _foreign_keys(gen: torch.Generator, rank: int) -> dict[str, torch.Tensor]:
+    """Keys of an SDXL LoRA (UNet and CLIP): none of them exists in Z-Image."""
+    out: dict[str, torch.Tensor] = {}
+    for module, width in (
+        ("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q", 640),
+        ("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k", 640),
+        ("lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_2", 1280),
+        ("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", 768),
+    ):
+        out[f"{module}.lora_down.weight"] = torch.randn(rank, width, generator=gen)
+        out[f"{module}.lora_up.weight"] = torch.randn(width, rank, generator=gen)
+        out[f"{module}.alpha"] = torch.tensor(float(rank))
+    return out
+
+
+def write_test_loras(transformer: torch.nn.Module, out_dir: Path, seed: int = 20240607) -> dict[str, Path]:
+    """Write one LoRA per layout (see ``LAYOUTS``) for ``transformer`` into ``out_dir``.
+
+    Returns ``{layout: path}``. Deterministic for a given transformer config and seed.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = canonical_pairs(transformer, seed)
+    native = _native_pairs(pairs)
+    fused_only = {n: p for n, p in native.items() if n.endswith(".attention.qkv")}
+    gen = torch.Generator().manual_seed(seed + 1)
+
+    half = dict(list(pairs.items())[: len(pairs) // 2])
+    dim = next(up.shape[0] for name, (_, up) in pairs.items() if name.endswith(".attention.to_q"))
+    missing = {  # blocks far past the tiny model's depth
+        f"layers.{i + 40}.attention.to_q": (torch.randn(RANK, dim, generator=gen), torch.randn(dim, RANK, generator=gen))
+        for i in range(len(half))
+    }
+
+    files: dict[str, dict[str, torch.Tensor]] = {
+        "peft": _ab(pairs, "transformer.", ".lora_A.weight", ".lora_B.weight"),
+        "peft_bare_default": _ab(pairs, "", ".lora_A.default.weight", ".lora_B.default.weight"),
+        "kohya": _with_alpha(native, "lora_unet_", 0.5, underscore=True),
+        "lycoris": _with_alpha(pairs, "lycoris_", 2.0, underscore=True),
+        "diffusion_model_ab": _ab(native, "diffusion_model.", ".lora_A.weight", ".lora_B.weight"),
+        "diffusion_model_updown": _with_alpha(native, "diffusion_model.", 0.5, underscore=False),
+        "diffusion_model_diffusers_names": _ab(pairs, "diffusion_model.", ".lora_A.weight", ".lora_B.weight"),
+        "comfy_native_qkv": _ab(fused_only, "", ".lora_A.weight", ".lora_B.weight"),
+        "unmatched": _foreign_keys(gen, RANK),
+        "partial": _ab({**half, **missing}, "transformer.", ".lora_A.weight", ".lora_B.weight"),
+    }
+    paths: dict[str, Path] = {}
+    for layout in LAYOUTS:
+        path = out_dir / f"tiny_lora_{layout}.safetensors"
+        # safetensors refuses tensors that share memory (the shared q/k/v down): store copies
+        save_file({k: v.contiguous().clone() for k, v in files[layout].items()}, str(path), metadata={"layout": layout})
+        paths[layout] = path
+    return paths
