@@ -17,7 +17,7 @@ from .diagnostics import Diagnostic, GraphError, dumps
 from .node import InputSpec, NodeSpec, Registry, RegistryError, make_registry
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
-VERBS = ("run", "validate", "nodes", "schema", "show")
+VERBS = ("run", "validate", "nodes", "schema", "show", "convert", "export")
 
 
 class CliError(Exception):
@@ -44,6 +44,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_graph_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="graph YAML/JSON (or a ComfyUI workflow .json/.png)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="set a graph param")
+    p.add_argument(
+        "--models-dir", action="append", default=[], metavar="DIR",
+        help="ComfyUI-style models folder (diffusion_models/, text_encoders/, vae/, loras/); 'tiny' = the tiny model",
+    )
+    p.add_argument("--extra-model-paths", metavar="YAML", help="ComfyUI extra_model_paths.yaml")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--progress", choices=["auto", "plain", "json", "none"], default="auto", help="progress output on stderr"
     )
+    p.add_argument("--batch", metavar="ROWS", help="run once per row of a .jsonl, .csv or .txt file (one prompt a line)")
+    p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS", help="run the batch on Ray (default: local)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="Ray actors (each holds its models once)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per Ray actor")
     _add_common(p)
 
     p = sub.add_parser("validate", help="check a graph and print every problem found")
@@ -78,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the JSON Schema of graph documents")
     _add_common(p)
 
+    p = sub.add_parser("convert", help="convert a ComfyUI workflow (.json or .png) to graphrun YAML")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", metavar="OUT.yaml", help="write here (default: stdout); never overwrites")
+    _add_common(p)
+
+    p = sub.add_parser("export", help="export a graph to ComfyUI API-format JSON")
+    _add_graph_inputs(p)
+    p.add_argument("-o", "--output", metavar="OUT.json", help="write here (default: stdout); never overwrites")
+    _add_common(p)
+
     p = sub.add_parser("show", help="print the graph as Mermaid or DOT")
     p.add_argument("file")
     p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
@@ -90,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_document(args: argparse.Namespace, registry: Registry):
-    from .graph import load_document
+    """A graphrun document, or a ComfyUI workflow (.json/.png) converted on the fly."""
+    from .comfy_bridge import load_any
 
-    return load_document(Path(args.file))
+    return load_any(Path(args.file), registry)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
@@ -149,8 +169,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         offload=args.offload,
         output_dir=Path(args.out),
+        extra={"models_dirs": list(args.models_dir), "extra_model_paths": args.extra_model_paths},
     )
     runner = Runner(options, reporter=_reporter(args.progress))
+    if args.batch:
+        from .batch import BatchOptions, run_batch
+
+        batch = BatchOptions(
+            rows=Path(args.batch), ray=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker
+        )
+        with _interrupt_on_sigint(runner.interrupt):
+            return run_batch(doc, registry, runner, batch, overrides)
     with _interrupt_on_sigint(runner.interrupt):
         result = runner.run(graph)
     for path in result.files:
@@ -255,12 +284,26 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .comfy_bridge import cmd_convert as convert
+
+    return convert(args, _registry(args))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .comfy_bridge import cmd_export as export
+
+    return export(args, _registry(args))
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "validate": cmd_validate,
     "nodes": cmd_nodes,
     "schema": cmd_schema,
     "show": cmd_show,
+    "convert": cmd_convert,
+    "export": cmd_export,
 }
 
 

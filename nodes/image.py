@@ -137,13 +137,12 @@ def _metadata(ctx: Context) -> Any:
     if graph is not None:
         doc = graph.document
         info.add_text("graphrun", json.dumps({"graph": doc.raw, "params": graph.params}, default=str))
-        prompt = ctx.shared.get("comfy_prompt_for", lambda g: None)(graph)
-        if prompt is not None:
-            info.add_text("prompt", json.dumps(prompt))
     return info
 
 
-def write_png_exclusive(pixels: Any, folder: Path, filename: str, counter: int, info: Any, compress_level: int) -> Path:
+def write_png_exclusive(
+    pixels: Any, folder: Path, filename: str, counter: int, info: Any, compress_level: int
+) -> tuple[Path, int]:
     """Write atomically under the first free ``filename_#####_.png`` name; never overwrite."""
     from PIL import Image as PILImage
 
@@ -157,13 +156,13 @@ def write_png_exclusive(pixels: Any, folder: Path, filename: str, counter: int, 
             target = folder / f"{filename}_{counter:05d}_.png"
             try:
                 os.link(tmp, target)  # atomic and fails if the name exists: never overwrites
-                return target
+                return target, counter
             except FileExistsError:
                 counter += 1
             except OSError:  # filesystems without hard links
                 if not target.exists():
                     os.replace(tmp, target)
-                    return target
+                    return target, counter
                 counter += 1
     finally:
         tmp.unlink(missing_ok=True)
@@ -194,8 +193,8 @@ def save_image(
     written = []
     for index in range(batch):
         name = filename.replace("%batch_num%", str(index))
-        path = write_png_exclusive(to_uint8(images[index]), folder, name, counter, info, compress_level=4)
-        counter = int(path.name[len(name) + 1 : len(name) + 6]) + 1
+        path, counter = write_png_exclusive(to_uint8(images[index]), folder, name, counter, info, compress_level=4)
+        counter += 1
         written.append(path)
         ctx.progress(index + 1, batch)
     return written
@@ -208,7 +207,6 @@ def preview_image(ctx: Context, images: Image) -> list[Path]:
     suffix = "".join(secrets.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
     written = []
     for index in range(images.shape[0]):
-        written.append(
-            write_png_exclusive(to_uint8(images[index]), folder, f"preview_{suffix}", 1, None, compress_level=1)
-        )
+        path, _ = write_png_exclusive(to_uint8(images[index]), folder, f"preview_{suffix}", 1, None, compress_level=1)
+        written.append(path)
     return written
