@@ -7,7 +7,7 @@ from typing import Any, Union
 from .diagnostics import Diagnostic, GraphError
 from .executor import RunResult, Runner
 from .graph import Document, ParamDecl, load_document
-from .node import Registry, make_registry
+from .node import CheckEnv, Registry, make_registry
 from .progress import Reporter
 from .validate import BoundGraph, bind, check
 
@@ -38,13 +38,17 @@ class Graph:
             self._runner = Runner()
         return self._runner
 
+    def _env(self) -> CheckEnv:
+        graph_dir = Path(self.document.file).parent if self.document.file else None
+        return CheckEnv(graph_dir=graph_dir, options=self.runner.options.extra)
+
     def validate(self, **params: Any) -> list[Diagnostic]:
         """Every diagnostic (errors and warnings) with these params applied."""
-        return check(self.document, self.registry, params)[1]
+        return check(self.document, self.registry, params, self._env())[1]
 
     def bind(self, **params: Any) -> BoundGraph:
         """The validated graph with params applied; raises GraphError listing every error."""
-        return bind(self.document, self.registry, params)
+        return bind(self.document, self.registry, params, self._env())
 
     def run(self, *, _reporter: Reporter | None = None, **params: Any) -> RunResult:
         """Validate and run with these params; returns the outputs of the output nodes."""

@@ -121,12 +121,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
     return parse_overrides(args.set)
 
 
+def _check_env(args: argparse.Namespace, doc: Any):
+    from .node import CheckEnv
+
+    return CheckEnv(
+        graph_dir=Path(doc.file).parent if doc.file else None,
+        options={"models_dirs": list(args.models_dir), "extra_model_paths": args.extra_model_paths},
+    )
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from .validate import check
 
     registry = _registry(args)
     doc = _load_document(args, registry)
-    _, diags = check(doc, registry, _overrides(args))
+    _, diags = check(doc, registry, _overrides(args), _check_env(args, doc))
     _print_diagnostics(diags, args.json)
     errors = sum(d.is_error for d in diags)
     if not args.json:
@@ -160,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     registry = _registry(args)
     doc = _load_document(args, registry)
     overrides = _overrides(args)
-    graph, diags = check(doc, registry, overrides)
+    graph, diags = check(doc, registry, overrides, _check_env(args, doc))
     _print_diagnostics(diags)
     if graph is None:
         return EXIT_INVALID

@@ -27,6 +27,7 @@ CODES: dict[str, str] = {
     "GR015": "malformed param declaration",
     "GR016": "bad --set override",
     "GR017": "file not found or unreadable",
+    "GR018": "a node's own pre-run check failed (e.g. a model or image file is missing)",
 }
 
 

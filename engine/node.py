@@ -107,6 +107,24 @@ class Comfy:
 
 
 @dataclass(frozen=True)
+class CheckEnv:
+    """What a node's pre-run ``check`` may consult: where the graph file lives and the run's
+    file-search settings. Checks must be cheap (no model loading)."""
+
+    graph_dir: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A problem a node's ``check`` found in its literal inputs."""
+
+    input: str
+    message: str
+    hint: str | None = None
+
+
+@dataclass(frozen=True)
 class NodeSpec:
     """Everything the engine knows about a node type."""
 
@@ -122,6 +140,7 @@ class NodeSpec:
     keep: bool = False  # results stay in the runner's cache beyond the byte budget (loaded models)
     comfy: tuple[Comfy, ...] = ()
     context_param: str | None = None  # the parameter that receives the run Context
+    check: Callable[[dict[str, Any], "CheckEnv"], list["Problem"]] | None = None  # cheap pre-run checks
     origin: str = ""
 
     def input(self, name: str) -> InputSpec | None:
@@ -252,6 +271,7 @@ def node(
     output: bool = False,
     cacheable: bool | None = None,
     keep: bool = False,
+    check: Callable[[dict[str, Any], CheckEnv], list[Problem]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a node type. See the module docstring for the conventions.
 
@@ -259,7 +279,9 @@ def node(
     nodes, and output nodes run on every call (they have effects). ``cacheable=False`` opts a
     non-deterministic node out of caching. ``keep=True`` keeps the results in the runner across
     runs regardless of the byte budget (model loaders). ``version`` enters the cache key: bump
-    it when the node's behaviour changes.
+    it when the node's behaviour changes. ``check(literals, env)`` runs during validation and
+    returns :class:`Problem` records (e.g. a missing file), so they are reported before anything
+    heavy runs.
     """
     comfys = comfy if isinstance(comfy, tuple) else (comfy,)
     comfy_specs = tuple(Comfy(c) if isinstance(c, str) else c for c in comfys)
@@ -291,6 +313,7 @@ def node(
             keep=keep,
             comfy=comfy_specs,
             context_param=context_param,
+            check=check,
             origin=f"{fn.__module__}.{fn.__qualname__}",
         )
         for comfy_spec in comfy_specs:

@@ -6,6 +6,7 @@ typed) and the full list of diagnostics. Each rule is a plain function appending
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 
 from .diagnostics import Diagnostic, GraphError, did_you_mean
 from .graph import Document, Link, Literal_, ParamRef, Template, coerce_param, parse_link, parse_primitive
-from .node import InputSpec, NodeSpec, Registry
+from .node import CheckEnv, InputSpec, NodeSpec, Registry
 
 
 @dataclass(frozen=True)
@@ -391,11 +392,37 @@ def needed_nodes(bound: dict[str, BoundNode]) -> set[str]:
     return needed
 
 
+def _run_node_checks(doc: Document, bound: dict[str, BoundNode], env: CheckEnv, diags: list[Diagnostic]) -> None:
+    """Each node type's own cheap pre-run checks (files exist, ...), on fully bound literals."""
+    for node in bound.values():
+        if node.spec.check is None:
+            continue
+        try:
+            problems = node.spec.check(node.literals, env)
+        except Exception as exc:  # a broken check must not hide the graph's other diagnostics
+            problems = []
+            diags.append(
+                Diagnostic("GR018", f"check of {node.spec.name} failed: {type(exc).__name__}: {exc}", node=node.id)
+            )
+        for problem in problems:
+            diags.append(
+                Diagnostic(
+                    "GR018",
+                    problem.message,
+                    node=node.id,
+                    input=problem.input,
+                    hint=problem.hint,
+                    **doc.source.locate(("nodes", node.id, problem.input)),
+                )
+            )
+
+
 def check(
-    doc: Document, registry: Registry, overrides: dict[str, Any] | None = None
+    doc: Document, registry: Registry, overrides: dict[str, Any] | None = None, env: CheckEnv | None = None
 ) -> tuple[BoundGraph | None, list[Diagnostic]]:
     """Validate a document against a registry with param overrides applied.
 
+    ``env`` tells node checks where the graph file lives and how model files are searched.
     Returns (bound graph or None when there are errors, every diagnostic found).
     """
     diags: list[Diagnostic] = list(doc.problems)
@@ -406,6 +433,9 @@ def check(
         node = _bind_node(doc, node_id, registry, params, used, diags)
         if node is not None:
             bound[node_id] = node
+    if env is None:
+        env = CheckEnv(graph_dir=Path(doc.file).parent if doc.file else None)
+    _run_node_checks(doc, bound, env, diags)
     bound = _check_links(doc, bound, diags)
     has_cycle = _check_cycles(doc, bound, diags)
     if doc.nodes and not any(n.spec.output for n in bound.values()) and len(bound) == len(doc.nodes):
@@ -451,9 +481,11 @@ def check(
     return graph, diags
 
 
-def bind(doc: Document, registry: Registry, overrides: dict[str, Any] | None = None) -> BoundGraph:
+def bind(
+    doc: Document, registry: Registry, overrides: dict[str, Any] | None = None, env: CheckEnv | None = None
+) -> BoundGraph:
     """Like :func:`check`, but raise GraphError when there are errors."""
-    graph, diags = check(doc, registry, overrides)
+    graph, diags = check(doc, registry, overrides, env)
     if graph is None:
         raise GraphError(diags)
     return graph

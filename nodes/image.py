@@ -13,7 +13,7 @@ from typing import Annotated, Any, NamedTuple
 from pydantic import Field
 
 from graphrun.engine.context import Context
-from graphrun.engine.node import Comfy, node
+from graphrun.engine.node import CheckEnv, Comfy, Problem, node
 
 from .types import Image, Mask
 
@@ -25,18 +25,31 @@ class LoadedImage(NamedTuple):
     mask: Mask
 
 
+def _image_candidates(name: str, input_dirs: list[str], graph_dir: Path | None) -> list[Path]:
+    """Where an image name may live: as given, in input dirs, in ./input, next to the graph file."""
+    candidates = [Path(name).expanduser()] + [Path(d) / name for d in input_dirs] + [Path("input") / name]
+    if graph_dir is not None:
+        candidates.append(graph_dir / name)
+    return candidates
+
+
+def _check_image(literals: dict[str, Any], env: CheckEnv) -> list[Problem]:
+    name = literals.get("image", "")
+    candidates = _image_candidates(name, env.options.get("input_dirs", []), env.graph_dir)
+    if any(c.is_file() for c in candidates):
+        return []
+    return [Problem("image", f"image '{name}' not found", "looked in: " + ", ".join(map(str, candidates)))]
+
+
 def _resolve_input(ctx: Context, name: str) -> Path:
-    path = Path(name).expanduser()
-    if path.is_file():
-        return path
-    candidates = [Path(d) / name for d in ctx.options.extra.get("input_dirs", [])] + [Path("input") / name]
     graph_file = ctx.graph.document.file if ctx.graph is not None else None
-    if graph_file:
-        candidates.append(Path(graph_file).parent / name)
+    candidates = _image_candidates(
+        name, ctx.options.extra.get("input_dirs", []), Path(graph_file).parent if graph_file else None
+    )
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    looked = ", ".join(str(p) for p in [path, *candidates])
+    looked = ", ".join(str(p) for p in candidates)
     raise FileNotFoundError(f"image '{name}' not found (looked in: {looked})")
 
 
@@ -44,6 +57,7 @@ def _resolve_input(ctx: Context, name: str) -> Path:
     "LoadImage",
     category="image",
     comfy=Comfy("LoadImage", image_upload=("image",)),
+    check=_check_image,
 )
 def load_image(ctx: Context, image: Annotated[str, Field(description="image file path")]) -> LoadedImage:
     """Load an image file as IMAGE plus a MASK from its alpha channel (ComfyUI LoadImage).

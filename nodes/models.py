@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal, NamedTuple
 from pydantic import Field
 
 from graphrun.engine.context import Context
-from graphrun.engine.node import Comfy, node
+from graphrun.engine.node import CheckEnv, Comfy, Problem, node
 
 from .types import Clip, Model, Vae
 
@@ -87,7 +87,49 @@ def _device_dtype(ctx: Context, override: str | None = None) -> tuple[Any, Any]:
     return resolve_device_dtype(ctx.options.device, override or ctx.options.dtype)
 
 
-@node("LoadZImage", category="loaders", keep=True)
+_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+
+
+def _check_zimage_folder(literals: dict[str, Any], env: CheckEnv) -> list[Problem]:
+    path = literals.get("path", "tiny")
+    if path == "tiny":
+        return []
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return [
+            Problem(
+                "path",
+                f"Z-Image model folder '{path}' does not exist" if not folder.exists() else f"'{path}' is not a folder",
+                "give a diffusers folder (model_index.json, transformer/, text_encoder/, tokenizer/, vae/) or 'tiny'",
+            )
+        ]
+    if not (folder / "model_index.json").is_file():
+        return [Problem("path", f"'{path}' has no model_index.json: not a diffusers model folder", None)]
+    return []
+
+
+def _file_check(input_name: str, kind: str):
+    """A validation-time check that a named model file resolves and is a safetensors file."""
+
+    def check(literals: dict[str, Any], env: CheckEnv) -> list[Problem]:
+        from .model_files import ModelFileNotFound, resolve_model_file
+
+        name = literals.get(input_name, "")
+        if kind == "loras" and name.startswith("tiny:"):
+            return []
+        if name.lower().endswith(_PICKLE_SUFFIXES):
+            return [Problem(input_name, f"'{name}' is a pickle file; graphrun loads safetensors only",
+                            "convert it to .safetensors (pickle files can run arbitrary code)")]
+        try:
+            resolve_model_file(name, kind, env.options.get("models_dirs", []), env.options.get("extra_model_paths"))
+        except ModelFileNotFound as exc:
+            return [Problem(input_name, str(exc).split("; looked in")[0], "looked in" + str(exc).split("; looked in", 1)[1])]
+        return []
+
+    return check
+
+
+@node("LoadZImage", category="loaders", keep=True, check=_check_zimage_folder)
 def load_zimage(
     ctx: Context,
     path: Annotated[
@@ -119,6 +161,7 @@ def load_zimage(
     category="loaders",
     keep=True,
     comfy=Comfy("UNETLoader", inputs={"name": "unet_name"}),
+    check=_file_check("name", "diffusion_models"),
 )
 def load_diffusion_model(
     ctx: Context,
@@ -145,6 +188,7 @@ def load_diffusion_model(
     category="loaders",
     keep=True,
     comfy=Comfy("CLIPLoader", inputs={"name": "clip_name"}),
+    check=_file_check("name", "text_encoders"),
 )
 def load_text_encoder(
     ctx: Context,
@@ -170,7 +214,13 @@ def load_text_encoder(
     return ClipHandle(parts.text_encoder, parts.tokenizer)
 
 
-@node("LoadVAE", category="loaders", keep=True, comfy=Comfy("VAELoader", inputs={"name": "vae_name"}))
+@node(
+    "LoadVAE",
+    category="loaders",
+    keep=True,
+    comfy=Comfy("VAELoader", inputs={"name": "vae_name"}),
+    check=_file_check("name", "vae"),
+)
 def load_vae(
     ctx: Context, name: Annotated[str, Field(description="file in vae/, or a path (Flux ae.safetensors)")]
 ) -> Vae:
@@ -207,6 +257,7 @@ def resolve_lora(ctx: Context, name: str) -> Path:
         Comfy("LoraLoaderModelOnly", inputs={"name": "lora_name"}, widgets=("lora_name", "strength_model")),
         Comfy("LoraLoader", inputs={"name": "lora_name"}),
     ),
+    check=_file_check("name", "loras"),
 )
 def load_lora(
     ctx: Context,

@@ -164,6 +164,24 @@ def ensure_fp32_compute(text_encoder: torch.nn.Module) -> None:
 
 
 @contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Silence diffusers'/transformers' own progress bars (graphrun reports progress per node)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    bars = transformers_logging.is_progress_bar_enabled(), diffusers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars[0]:
+            transformers_logging.enable_progress_bar()
+        if bars[1]:
+            diffusers_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def _offline() -> Iterator[None]:
     """Forbid hub access for the duration of a load (environment and the already-read constants)."""
     import huggingface_hub.constants as hf_constants
@@ -173,7 +191,8 @@ def _offline() -> Iterator[None]:
     os.environ["HF_HUB_OFFLINE"] = "1"
     hf_constants.HF_HUB_OFFLINE = True
     try:
-        yield
+        with quiet_progress():
+            yield
     finally:
         hf_constants.HF_HUB_OFFLINE = saved_const
         if saved_env is None:

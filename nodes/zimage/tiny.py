@@ -246,12 +246,15 @@ def write_diffusers_folder(components: dict[str, Any], out_dir: str | os.PathLik
     import diffusers
     import transformers
 
+    from .loading import quiet_progress
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    components["transformer"].save_pretrained(out / "transformer", safe_serialization=True)
-    components["vae"].save_pretrained(out / "vae", safe_serialization=True)
-    components["text_encoder"].save_pretrained(out / "text_encoder", safe_serialization=True)
-    components["scheduler"].save_pretrained(out / "scheduler")
+    with quiet_progress():
+        components["transformer"].save_pretrained(out / "transformer", safe_serialization=True)
+        components["vae"].save_pretrained(out / "vae", safe_serialization=True)
+        components["text_encoder"].save_pretrained(out / "text_encoder", safe_serialization=True)
+        components["scheduler"].save_pretrained(out / "scheduler")
     _save_tokenizer(components["tokenizer"], out / "tokenizer")
     model_index = {
         "_class_name": "ZImagePipeline",
