@@ -1,0 +1,49 @@
+"""Node declarations agree with the sampling registries; the bundled FlowMatch plugin works standalone."""
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import torch
+
+from graphrun.engine.node import builtin_registry, make_registry
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_sampler_and_scheduler_choices_match_the_registries():
+    from graphrun.nodes.sample import SamplerName, SchedulerName
+    from graphrun.nodes.sampling.samplers import SAMPLERS
+    from graphrun.nodes.sampling.schedules import SCHEDULERS
+
+    assert list(typing.get_args(SamplerName)) == list(SAMPLERS)
+    assert list(typing.get_args(SchedulerName)) == list(SCHEDULERS)
+
+
+def test_every_builtin_node_is_documented_and_declares_its_comfy_counterpart_where_one_exists():
+    registry = builtin_registry()
+    for spec in registry:
+        assert spec.summary, f"{spec.name} has no docstring"
+    comfy = registry.comfy_index()
+    for class_type in ["KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced", "KSamplerSelect",
+                       "BasicScheduler", "RandomNoise", "DisableNoise", "CFGGuider", "BasicGuider", "SplitSigmas",
+                       "UNETLoader", "CLIPLoader", "VAELoader", "LoraLoader", "LoraLoaderModelOnly",
+                       "ModelSamplingAuraFlow", "ModelSamplingSD3", "CLIPTextEncode", "ConditioningZeroOut",
+                       "EmptySD3LatentImage", "EmptyLatentImage", "LatentUpscale", "LatentUpscaleBy", "VAEDecode",
+                       "VAEEncode", "LoadImage", "SaveImage", "PreviewImage",
+                       "FlowMatchEulerDiscreteScheduler (Custom)"]:
+        assert class_type in comfy, class_type
+
+
+def test_flowmatch_plugin_loads_standalone_and_matches_diffusers():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    registry = make_registry([ROOT / "nodes" / "plugins" / "flowmatch_scheduler.py"], builtins=False)
+    spec = registry.get("FlowMatchSigmas")
+    assert spec is not None and spec.comfy[0].class_type == "FlowMatchEulerDiscreteScheduler (Custom)"
+    sigmas = spec.fn(steps=9, shift=3.0, max_image_seq_len=8192)
+    reference = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    reference.set_timesteps(9, mu=0.0)
+    assert torch.equal(sigmas, reference.sigmas.float())
+    assert len(sigmas) == 10 and sigmas[-1] == 0 and abs(float(sigmas[0]) - 1.0) < 1e-6
+    assert torch.equal(spec.fn(steps=9, shift=3.0, start_at_step=2, end_at_step=5), reference.sigmas.float()[2:6])
