@@ -11,5 +11,6 @@ MODULES: list[str] = [
     "graphrun.nodes.sample",
     "graphrun.nodes.vae",
     "graphrun.nodes.image",
+    "graphrun.nodes.upscale",
     "graphrun.nodes.plugins.flowmatch_scheduler",
 ]
