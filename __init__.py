@@ -5,10 +5,15 @@
     result = graph.run(prompt="a lighthouse at dusk", seed=7)
 """
 from graphrun.engine.api import Graph, GraphError, RunResult, Runner, load
+from graphrun.engine.batch import BatchResult, RowResult, batch, read_manifest
 from graphrun.engine.context import Context, Interrupted, RunOptions
 from graphrun.engine.node import Comfy, Socket, node
 
 __all__ = [
+    "BatchResult",
+    "RowResult",
+    "batch",
+    "read_manifest",
     "Comfy",
     "Context",
     "Graph",

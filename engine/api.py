@@ -54,6 +54,13 @@ class Graph:
         """Validate and run with these params; returns the outputs of the output nodes."""
         return self.runner.run(self.bind(**params), reporter=_reporter)
 
+    def run_batch(self, rows: Any, out_dir: Union[str, Path] = "output", **options: Any) -> Any:
+        """Run once per row (a .jsonl/.csv/.txt path, or a list of dicts or prompts) on this
+        graph's runner; see :func:`graphrun.engine.batch.batch` for the options."""
+        from .batch import batch
+
+        return batch(self, rows, out_dir, **options)
+
 
 def load(
     source: Union[str, Path, dict],

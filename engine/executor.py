@@ -150,9 +150,16 @@ class Runner:
     def run(self, graph: BoundGraph, reporter: Reporter | None = None) -> RunResult:
         """Execute the nodes that feed output nodes. Raises NodeFailed or Interrupted."""
         report = reporter or self.reporter
-        self._stop.clear()
         plan = make_plan(graph)
         result = RunResult(outputs={}, unused=list(plan.unused))
+        try:
+            return self._run_plan(graph, plan, result, report)
+        finally:
+            # An interrupt that arrived between runs stops the next run at its first boundary,
+            # then is spent; it never outlives the run it stopped.
+            self._stop.clear()
+
+    def _run_plan(self, graph: BoundGraph, plan: Plan, result: RunResult, report: Reporter) -> RunResult:
         keys: dict[str, str] = {}
         values: dict[str, tuple[Any, ...]] = {}
         remaining = dict(plan.consumers)

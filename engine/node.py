@@ -295,6 +295,11 @@ def node(
             if hint is Context:
                 context_param = param.name
                 continue
+            if param.name in ("type", "description"):
+                raise NodeDeclarationError(
+                    f"{name}: input name {param.name!r} is reserved by the graph format; rename it "
+                    "(a Comfy(inputs=...) mapping can keep ComfyUI's name)"
+                )
             inputs.append(_input_spec(fn.__name__, param, hint))
         returns = hints.get("return", None)
         if output and not (_is_socket(returns) or _primitive_name(returns) or _is_named_tuple(returns)):

@@ -187,13 +187,13 @@ def load_diffusion_model(
     "LoadTextEncoder",
     category="loaders",
     keep=True,
-    comfy=Comfy("CLIPLoader", inputs={"name": "clip_name"}),
+    comfy=Comfy("CLIPLoader", inputs={"name": "clip_name", "clip_type": "type"}),
     check=_file_check("name", "text_encoders"),
 )
 def load_text_encoder(
     ctx: Context,
     name: Annotated[str, Field(description="file in text_encoders/ (or clip/), or a path")],
-    type: Annotated[str, Field(description="ComfyUI's architecture hint; Z-Image uses lumina2")] = "lumina2",
+    clip_type: Annotated[str, Field(description="ComfyUI's architecture hint; Z-Image uses lumina2")] = "lumina2",
     device: Literal["default", "cpu"] = "default",
 ) -> Clip:
     """Load the Qwen3 text encoder from one safetensors file (ComfyUI CLIPLoader, type lumina2).
@@ -203,8 +203,8 @@ def load_text_encoder(
     """
     from .zimage.loading import load_text_encoder_file
 
-    if type not in ("lumina2", "qwen_image", "stable_diffusion", "z_image"):
-        ctx.warn(f"type '{type}' ignored: the architecture is detected from the file")
+    if clip_type not in ("lumina2", "qwen_image", "stable_diffusion", "z_image"):
+        ctx.warn(f"clip_type '{clip_type}' ignored: the architecture is detected from the file")
     dev, dtype = _device_dtype(ctx)
     if device == "cpu":
         import torch
