@@ -108,8 +108,9 @@ def _check_zimage_folder(literals: dict[str, Any], env: CheckEnv) -> list[Proble
     return []
 
 
-def _file_check(input_name: str, kind: str):
-    """A validation-time check that a named model file resolves and is a safetensors file."""
+def file_check(input_name: str, kind: str, allow_pickle: bool = False):
+    """A validation-time check that a named model file resolves (and, unless ``allow_pickle``,
+    is not a pickle file)."""
 
     def check(literals: dict[str, Any], env: CheckEnv) -> list[Problem]:
         from .model_files import ModelFileNotFound, resolve_model_file
@@ -117,7 +118,7 @@ def _file_check(input_name: str, kind: str):
         name = literals.get(input_name, "")
         if kind == "loras" and name.startswith("tiny:"):
             return []
-        if name.lower().endswith(_PICKLE_SUFFIXES):
+        if not allow_pickle and name.lower().endswith(_PICKLE_SUFFIXES):
             return [Problem(input_name, f"'{name}' is a pickle file; graphrun loads safetensors only",
                             "convert it to .safetensors (pickle files can run arbitrary code)")]
         try:
@@ -161,7 +162,7 @@ def load_zimage(
     category="loaders",
     keep=True,
     comfy=Comfy("UNETLoader", inputs={"name": "unet_name"}),
-    check=_file_check("name", "diffusion_models"),
+    check=file_check("name", "diffusion_models"),
 )
 def load_diffusion_model(
     ctx: Context,
@@ -188,7 +189,7 @@ def load_diffusion_model(
     category="loaders",
     keep=True,
     comfy=Comfy("CLIPLoader", inputs={"name": "clip_name", "clip_type": "type"}),
-    check=_file_check("name", "text_encoders"),
+    check=file_check("name", "text_encoders"),
 )
 def load_text_encoder(
     ctx: Context,
@@ -219,7 +220,7 @@ def load_text_encoder(
     category="loaders",
     keep=True,
     comfy=Comfy("VAELoader", inputs={"name": "vae_name"}),
-    check=_file_check("name", "vae"),
+    check=file_check("name", "vae"),
 )
 def load_vae(
     ctx: Context, name: Annotated[str, Field(description="file in vae/, or a path (Flux ae.safetensors)")]
@@ -257,7 +258,7 @@ def resolve_lora(ctx: Context, name: str) -> Path:
         Comfy("LoraLoaderModelOnly", inputs={"name": "lora_name"}, widgets=("lora_name", "strength_model")),
         Comfy("LoraLoader", inputs={"name": "lora_name"}),
     ),
-    check=_file_check("name", "loras"),
+    check=file_check("name", "loras"),
 )
 def load_lora(
     ctx: Context,

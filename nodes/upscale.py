@@ -16,6 +16,7 @@ from pydantic import Field
 from graphrun.engine.context import Context
 from graphrun.engine.node import Comfy, node
 
+from .models import file_check
 from .types import Image, UpscaleModel
 
 ImageMethod = Literal["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
@@ -144,6 +145,8 @@ def get_image_size(image: Image) -> ImageSize:
     category="loaders",
     keep=True,
     comfy=Comfy("UpscaleModelLoader", inputs={"name": "model_name"}),
+    # .pth upscalers are read with torch's restricted weights-only loader (see read_state_dict).
+    check=file_check("name", "upscale_models", allow_pickle=True),
 )
 def load_upscale_model(
     ctx: Context,
