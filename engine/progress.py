@@ -81,9 +81,15 @@ class TqdmReporter:
         from tqdm import tqdm
 
         head = f"[{event.index}/{event.total}] {event.node} ({event.type})"
+        if event.kind == "start":
+            # A transient line with the elapsed time, so a long model load is visibly alive.
+            self._close()
+            self._bar = tqdm(total=None, desc=head, file=self.stream, leave=False, bar_format="{desc} {elapsed}")
+            return
         if event.kind == "step":
             total = event.info.get("total", 0)
-            if self._bar is None:
+            if self._bar is None or self._bar.total != total:
+                self._close()
                 self._bar = tqdm(total=total, desc=head, file=self.stream, leave=False, unit="step")
             self._bar.n = event.info.get("step", 0)
             self._bar.refresh()
