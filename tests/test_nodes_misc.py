@@ -47,3 +47,16 @@ def test_flowmatch_plugin_loads_standalone_and_matches_diffusers():
     assert torch.equal(sigmas, reference.sigmas.float())
     assert len(sigmas) == 10 and sigmas[-1] == 0 and abs(float(sigmas[0]) - 1.0) < 1e-6
     assert torch.equal(spec.fn(steps=9, shift=3.0, start_at_step=2, end_at_step=5), reference.sigmas.float()[2:6])
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    """A subpackage missing from pyproject's explicit list would vanish from built wheels."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"graphrun"} | {
+        "graphrun." + ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("engine", "nodes")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert found == listed

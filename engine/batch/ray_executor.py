@@ -1,6 +1,6 @@
 """Batches on Ray: Ray Data ``map_batches`` over an actor pool, each actor holding one Runner.
 
-The driver (:mod:`.batch`) reads and validates the rows, decides which to skip, and commits
+The driver (:mod:`.driver`) reads and validates the rows, decides which to skip, and commits
 results; this module only runs the jobs. Each actor builds the registry and a
 :class:`~graphrun.engine.executor.Runner` once (so each worker loads the models once), runs a
 row into a private scratch folder, and returns the row's files as bytes. The driver writes
@@ -23,14 +23,16 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .batch import BatchError, BatchOptions, Executor, Job, Outcome, run_row
-from .context import RunOptions
-from .executor import Runner
-from .graph import Document
-from .node import Registry, builtin_registry, make_registry
+from .errors import BatchError
+from .jobs import Executor, Job, Outcome, run_row
+from .types import BatchOptions
+from ..context import RunOptions
+from ..executor import Runner
+from ..graph import Document
+from ..node import Registry, builtin_registry, make_registry
 
 if TYPE_CHECKING:
-    from .batch import _SigintStop
+    from .sigint import SigintStop
 
 RAY_MISSING = "--ray needs Ray, which is not installed: pip install graphrun[ray]"
 _PLUGIN_PREFIX = "graphrun_plugin_"  # module names Registry.load_plugin_file gives plugin files
@@ -131,7 +133,7 @@ def _write_files(folder: Path, files: dict[str, bytes]) -> None:
 
 
 def ray_executor(
-    document: Document, registry: Registry, options: RunOptions, batch: BatchOptions, guard: "_SigintStop"
+    document: Document, registry: Registry, options: RunOptions, batch: BatchOptions, guard: "SigintStop"
 ) -> Executor:
     """An executor running jobs on a Ray actor pool of ``batch.workers`` actors.
 
