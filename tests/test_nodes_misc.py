@@ -60,3 +60,23 @@ def test_every_package_folder_is_listed_in_pyproject():
         for init in (ROOT / top).rglob("__init__.py")
     }
     assert found == listed
+
+
+def test_tiny_models_dir_serves_every_file_the_official_templates_name():
+    """`--models-dir tiny` must resolve each model file the shipped templates refer to."""
+    import re
+
+    from graphrun.nodes.model_files import resolve_model_file
+
+    wanted = set()
+    for template in (ROOT / "tests" / "data" / "comfy" / "templates").glob("*.json"):
+        text = template.read_text()
+        for name in set(re.findall(r'"([\w.\-]+\.safetensors)"', text)):
+            wanted.add(name)
+    assert wanted >= {"z_image_turbo_bf16.safetensors", "RealESRGAN_x4plus.safetensors"}
+    folders = {"z_image_turbo_bf16.safetensors": "diffusion_models", "z_image_bf16.safetensors": "diffusion_models",
+               "qwen_3_4b.safetensors": "text_encoders", "ae.safetensors": "vae",
+               "RealESRGAN_x4plus.safetensors": "upscale_models"}
+    assert wanted <= set(folders), wanted - set(folders)
+    for name in wanted:
+        assert resolve_model_file(name, folders[name], ["tiny"]).is_file()

@@ -328,7 +328,8 @@ def tiny_comfy_dir() -> Path:
     Holds ``diffusion_models/z_image_turbo_bf16.safetensors``, ``text_encoders/qwen_3_4b.safetensors``,
     ``vae/ae.safetensors`` and the test LoRAs under ``loras/``.
     """
-    return _cached_build(f"tiny-zimage-comfy-{TINY_VERSION}",
+    # The folder's own version: bump it when its contents change (the weights follow TINY_VERSION).
+    return _cached_build(f"tiny-zimage-comfy-{TINY_VERSION}.2",
                          lambda out: write_comfy_models_dir(build_components(), out), COMFY_TRANSFORMER)
 
 
@@ -453,12 +454,24 @@ def write_comfy_files(components: dict[str, Any], out_dir: str | os.PathLike[str
     return paths
 
 
+# Other file names the official Z-Image templates refer to, served by the same tiny weights so
+# `--models-dir tiny` runs those workflows offline.
+COMFY_BASE_TRANSFORMER = "diffusion_models/z_image_bf16.safetensors"
+COMFY_UPSCALER = "upscale_models/RealESRGAN_x4plus.safetensors"
+
+
 def write_comfy_models_dir(components: dict[str, Any], out_dir: str | os.PathLike[str], *,
                            loras: bool = True) -> Path:
-    """A ComfyUI models folder: the three single files and, with ``loras``, the test LoRAs
+    """A ComfyUI models folder: the three single files (also under the base model's name), a
+    tiny x4 upscaler under ``upscale_models/`` and, with ``loras``, the test LoRAs
     (``graphrun.nodes.zimage.tiny_loras.write_test_loras``) under ``loras/``."""
+    from graphrun.nodes.upscale import write_tiny_upscale_model
+
     out = Path(out_dir)
-    write_comfy_files(components, out)
+    paths = write_comfy_files(components, out)
+    shutil.copyfile(paths["transformer"], out / COMFY_BASE_TRANSFORMER)
+    (out / COMFY_UPSCALER).parent.mkdir(parents=True, exist_ok=True)
+    write_tiny_upscale_model(out / COMFY_UPSCALER)
     if loras:
         # Imported here: the LoRA fixtures are optional for the model files themselves.
         from .tiny_loras import write_test_loras
