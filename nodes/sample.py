@@ -244,3 +244,55 @@ class SplitSigmasOutputs(NamedTuple):
 def split_sigmas(sigmas: Sigmas, step: Annotated[int, Field(ge=0, le=10_000)] = 0) -> SplitSigmasOutputs:
     """Split a schedule at `step`: (sigmas[:step+1], sigmas[step:]) — the shared sigma is in both."""
     return SplitSigmasOutputs(sigmas[: step + 1], sigmas[step:])
+
+
+@node("SplitSigmasDenoise", category="sampling/custom", comfy=Comfy("SplitSigmasDenoise"))
+def split_sigmas_denoise(sigmas: Sigmas, denoise: Denoise = 1.0) -> SplitSigmasOutputs:
+    """Split a schedule so the low part has round(steps * denoise) steps (ComfyUI SplitSigmasDenoise).
+
+    As in ComfyUI, denoise 0 gives an empty high part and a low part of just the last sigma.
+    """
+    steps = max(len(sigmas) - 1, 0)
+    low_steps = round(steps * denoise)
+    high = sigmas[: len(sigmas) - low_steps] if low_steps else sigmas[:0]
+    return SplitSigmasOutputs(high, sigmas[max(len(sigmas) - low_steps - 1, 0) :])
+
+
+_NUMBER = r"[-+]?(?:\d*\.*\d+)"
+
+
+@node("ManualSigmas", category="sampling/custom", comfy=Comfy("ManualSigmas"))
+def manual_sigmas(
+    sigmas: Annotated[str, Field(description="numbers separated by anything, e.g. '1, 0.8, 0.5, 0.2, 0'")] = "1, 0.5",
+) -> Sigmas:
+    """SIGMAS typed by hand (ComfyUI ManualSigmas): every number in the text, in order.
+
+    Include the trailing 0 if the schedule should end fully denoised. Exponents are not read.
+    """
+    import re
+
+    import torch
+
+    values = [float(v) for v in re.findall(_NUMBER, sigmas)]
+    if not values:
+        raise ValueError(f"no numbers in sigmas text {sigmas!r}; write e.g. '1, 0.5, 0'")
+    return torch.tensor(values, dtype=torch.float32)
+
+
+@node("AddNoise", category="sampling/custom", comfy=Comfy("AddNoise", inputs={"latent": "latent_image"}))
+def add_noise(model: Model, noise: Noise, sigmas: Sigmas, latent: Latent) -> Latent:
+    """Add noise to a latent for the noise level of a schedule (ComfyUI AddNoise).
+
+    The level is |first - last| sigma (the first sigma for a one-element schedule); an empty
+    schedule returns the latent unchanged.
+    """
+    from .sampling.schedules import FLUX_LATENT, FlowModelSampling
+
+    if len(sigmas) == 0:
+        return latent
+    samples = latent.samples
+    generated = noise.generate(samples, latent.batch_index)
+    scale = (sigmas[0] - sigmas[-1]).abs() if len(sigmas) > 1 else sigmas[0]
+    scaled = FLUX_LATENT.process_in(samples) if bool(samples.count_nonzero()) else samples
+    noisy = FlowModelSampling(shift=model.shift).noise_scaling(scale, generated, scaled)
+    return LatentValue(FLUX_LATENT.process_out(noisy), latent.batch_index)

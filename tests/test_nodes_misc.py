@@ -80,3 +80,37 @@ def test_tiny_models_dir_serves_every_file_the_official_templates_name():
     assert wanted <= set(folders), wanted - set(folders)
     for name in wanted:
         assert resolve_model_file(name, folders[name], ["tiny"]).is_file()
+
+
+def test_split_sigmas_denoise_and_manual_sigmas():
+    from graphrun.nodes.sample import manual_sigmas, split_sigmas, split_sigmas_denoise
+
+    sigmas = manual_sigmas("1.0, 0.8 0.5;0.25 0")
+    assert sigmas.dtype == torch.float32 and sigmas.tolist() == [1.0, 0.800000011920929, 0.5, 0.25, 0.0]
+    high, low = split_sigmas_denoise(sigmas, 0.5)  # 4 steps -> the low part gets 2
+    assert high.tolist() == sigmas[:3].tolist() and low.tolist() == sigmas[2:].tolist()
+    high, low = split_sigmas_denoise(sigmas, 0.0)
+    assert high.tolist() == [] and low.tolist() == [0.0]
+    high, low = split_sigmas(sigmas, 1)
+    assert high.tolist() == sigmas[:2].tolist() and low.tolist() == sigmas[1:].tolist()
+    import pytest
+
+    with pytest.raises(ValueError, match="no numbers"):
+        manual_sigmas("none")
+
+
+def test_add_noise_follows_flow_noise_scaling():
+    from graphrun.nodes.latent import LatentValue
+    from graphrun.nodes.sample import add_noise
+    from graphrun.nodes.sampling.noise import RandomNoise, prepare_noise
+
+    class Handle:
+        shift = 3.0
+
+    latent = torch.randn([1, 16, 4, 4], generator=torch.Generator().manual_seed(1))
+    sigmas = torch.tensor([0.75, 0.5, 0.0])
+    out = add_noise(Handle(), RandomNoise(7), sigmas, LatentValue(latent)).samples
+    eps = prepare_noise(latent, 7)
+    expected = ((latent - 0.1159) * 0.3611 * 0.25 + 0.75 * eps) / 0.3611 + 0.1159
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert add_noise(Handle(), RandomNoise(7), sigmas[:0], LatentValue(latent)).samples is latent
