@@ -69,13 +69,18 @@ def load(
     registry: Registry | None = None,
     runner: Runner | None = None,
 ) -> Graph:
-    """Load a graph from a YAML/JSON path, YAML text, or a dict.
+    """Load a graph from a YAML/JSON path, YAML text, or a dict; a ComfyUI workflow
+    (.json in UI or API format, or a .png carrying one) is converted on the way in.
 
-    Syntax errors raise :class:`GraphError` at once; everything else is reported by
-    ``graph.validate()`` or raised by ``graph.run()``.
+    Syntax errors and unconvertible workflows raise :class:`GraphError` at once; everything
+    else is reported by ``graph.validate()`` or raised by ``graph.run()``.
     """
-    document = load_document(source)
-    return Graph(document, registry or make_registry(list(plugins)), runner)
+    registry = registry or make_registry(list(plugins))
+    if isinstance(source, (str, Path)) and Path(source).suffix.lower() in (".json", ".png") and Path(source).is_file():
+        from .comfy_bridge import load_any
+
+        return Graph(load_any(Path(source), registry), registry, runner)
+    return Graph(load_document(source), registry, runner)
 
 
 __all__ = ["Graph", "GraphError", "Runner", "RunResult", "load"]

@@ -565,3 +565,14 @@ def test_a_plugin_declaring_a_comfyui_type_imports_from_the_ui_format(tmp_path):
     nodes = convert_file(write_json(tmp_path / "ui.json", ui), registry).document["nodes"]
     assert nodes["shout_encode"] == {"type": "Shout", "conditioning": "prompt", "text": "loud ", "times": 3}
     assert nodes["prompt"] == {"type": "TextEncode", "clip": "clip_loader", "text": "a fox", "description": "Prompt"}
+
+
+def test_python_load_accepts_comfy_workflows(tmp_path):
+    import graphrun
+    from graphrun.engine.context import RunOptions
+    from graphrun.engine.executor import Runner
+
+    graph = graphrun.load(LEGACY, runner=Runner(RunOptions(output_dir=tmp_path, extra={"models_dirs": ["tiny"]})))
+    assert graph.document.nodes["stage_1_sampler"].type == "SamplerCustom"
+    errors = [d for d in graph.validate() if d.is_error]
+    assert [(d.node, d.input) for d in errors] == [("lora", "name")]  # hollyjai.safetensors is not in the tiny dir
