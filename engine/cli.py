@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a ComfyUI workflow (.json or .png) to graphrun YAML")
     p.add_argument("file")
     p.add_argument("-o", "--output", metavar="OUT.yaml", help="write here (default: stdout); never overwrites")
+    p.add_argument(
+        "--param", action="append", default=[], metavar="NAME=NODE.INPUT[,NODE.INPUT]",
+        help="make node inputs a graph param (default: their current value), e.g. --param prompt=positive.text",
+    )
     _add_common(p)
 
     p = sub.add_parser("export", help="export a graph to ComfyUI API-format JSON")

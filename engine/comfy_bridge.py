@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_INVALID = 0, 2
 
-__all__ = ["load_any", "load_comfy", "convert_file", "document_yaml", "without_file_checks", "cmd_convert", "cmd_export"]
+__all__ = [
+    "load_any", "load_comfy", "convert_file", "document_yaml", "promote_params", "without_file_checks",
+    "cmd_convert", "cmd_export",
+]
 
 
 # --- loading ---------------------------------------------------------------------------------------------------------
@@ -224,11 +227,70 @@ def cmd_convert(args: argparse.Namespace, registry: Registry) -> int:
                        hint="convert reads ComfyUI .json (API or UI format) or a PNG made by ComfyUI or graphrun")
         ])
     conversion = convert_file(path, registry)
-    document = document_from_data(conversion.document, SourceMap(file=str(path)))
+    data = promote_params(conversion.document, getattr(args, "param", None) or [], registry)
+    document = document_from_data(data, SourceMap(file=str(path)))
     document.problems.extend(conversion.notes)
     _, diagnostics = _validated(document, registry, parse_overrides(getattr(args, "set", None) or []))
     _print(diagnostics)
-    return _write_new(args.output, document_yaml(conversion.document))
+    return _write_new(args.output, document_yaml(data))
+
+
+_PARAM_TYPES = {"INT": "INT", "FLOAT": "FLOAT", "STRING": "STRING", "BOOLEAN": "BOOLEAN", "COMBO": "STRING"}
+
+
+def promote_params(data: dict[str, Any], specs: list[str], registry: Registry) -> dict[str, Any]:
+    """Turn node inputs into graph params: ``NAME=node.input[,node.input...]``.
+
+    The param's default is the input's current value (all listed inputs must agree) and each
+    input becomes ``$NAME``, so ``--set NAME=...`` reaches every one of them. Raises GraphError
+    naming each bad spec.
+    """
+    import copy
+    import re
+
+    data = copy.deepcopy(data)
+    params = data.setdefault("params", {}) if specs else data.get("params", {})
+    problems: list[Diagnostic] = []
+    for spec in specs:
+        name, sep, targets = spec.partition("=")
+        name = name.strip()
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name) or not targets.strip():
+            problems.append(Diagnostic("GR016", f"--param {spec!r} is not NAME=node.input[,node.input...]",
+                                       hint="e.g. --param prompt=positive.text --param seed=sampler.seed"))
+            continue
+        values: list[Any] = []
+        type_names: set[str] = set()
+        places: list[tuple[dict[str, Any], str]] = []
+        for target in (t.strip() for t in targets.split(",")):
+            node_id, _, input_name = target.partition(".")
+            body = data["nodes"].get(node_id)
+            node_spec = registry.get(body["type"]) if isinstance(body, dict) else None
+            input_spec = node_spec.input(input_name) if node_spec is not None else None
+            if body is None or input_spec is None or input_spec.socket:
+                known = ", ".join(sorted(data["nodes"]))
+                problems.append(Diagnostic(
+                    "GR016", f"--param {name}: '{target}' is not a primitive input of a node in this workflow",
+                    input=name, hint=f"write node.input with one of the nodes: {known}"))
+                continue
+            values.append(body.get(input_name, input_spec.default))
+            type_names.add(_PARAM_TYPES.get(input_spec.type_name, "STRING"))
+            places.append((body, input_name))
+        if len(places) != len(targets.split(",")):
+            continue
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1 or len(type_names) > 1:
+            problems.append(Diagnostic(
+                "GR016", f"--param {name}: the inputs differ ({', '.join(map(repr, values))})", input=name,
+                hint="promote inputs that share one value, or give each its own param"))
+            continue
+        default = values[0]
+        if isinstance(default, str) and "$" in default:
+            default = default.replace("$$", "$")  # the converter escaped literal dollars
+        params[name] = {"type": type_names.pop(), "default": default}
+        for body, input_name in places:
+            body[input_name] = f"${name}"
+    if problems:
+        raise GraphError(problems)
+    return data
 
 
 def cmd_export(args: argparse.Namespace, registry: Registry) -> int:

@@ -576,3 +576,21 @@ def test_python_load_accepts_comfy_workflows(tmp_path):
     assert graph.document.nodes["stage_1_sampler"].type == "SamplerCustom"
     errors = [d for d in graph.validate() if d.is_error]
     assert [(d.node, d.input) for d in errors] == [("lora", "name")]  # hollyjai.safetensors is not in the tiny dir
+
+
+def test_convert_promotes_inputs_to_params(tmp_path, capsys):
+    from graphrun.engine.cli import main
+
+    out = tmp_path / "legacy.yaml"
+    assert main(["convert", str(LEGACY), "-o", str(out), "--param", "prompt=positive.text",
+                 "--param", "seed=stage_1_sampler.noise_seed,stage_2_sampler.seed,stage_3_sampler.noise_seed"]) == 0
+    doc = yaml.safe_load(out.read_text())
+    assert doc["params"]["seed"] == {"type": "INT", "default": 42}
+    assert doc["params"]["prompt"]["default"].startswith("sunway, A young woman")
+    assert (doc["nodes"]["stage_2_sampler"]["seed"], doc["nodes"]["positive"]["text"]) == ("$seed", "$prompt")
+    graph = load_document(out)
+    _, diags = check(graph, REG, {"seed": "7", "prompt": "a fox"}, CheckEnv(options={"models_dirs": ["tiny"]}))
+    assert [(d.node, d.input) for d in diags if d.is_error] == [("lora", "name")]  # only the LoRA file is missing
+    capsys.readouterr()
+    assert main(["convert", str(LEGACY), "--param", "seed=stage_1_sampler.noise_seed,stage_2_sampler.cfg"]) == 2
+    assert "the inputs differ (42, 1.0)" in capsys.readouterr().err
