@@ -78,7 +78,14 @@ def load_comfy(path: Path, registry: Registry) -> Document:
     conversion = convert_file(path, registry)
     document = document_from_data(conversion.document, SourceMap(file=str(path)))
     document.problems.extend(conversion.notes)
+    document.origins = {name: _origin(comfy_id, conversion.document["nodes"].get(name, {}))
+                        for comfy_id, name in conversion.names.items()}
     return document
+
+
+def _origin(comfy_id: str, body: Mapping[str, Any]) -> str:
+    title = body.get("description")
+    return f"ComfyUI node {comfy_id}" + (f" '{title}'" if title else "")
 
 
 def convert_file(path: Path, registry: Registry) -> Conversion:

@@ -23,12 +23,13 @@ from .validate import BoundGraph, BoundNode, needed_nodes
 class NodeFailed(Exception):
     """A node raised while running. ``node`` and ``type`` name it; ``__cause__`` is the error."""
 
-    def __init__(self, node: str, node_type: str, error: BaseException):
+    def __init__(self, node: str, node_type: str, error: BaseException, origin: str | None = None):
         self.node = node
         self.node_type = node_type
         self.error = error
         message = str(error) or type(error).__name__
-        super().__init__(f"node '{node}' ({node_type}) failed: {message}")
+        where = f" [{origin}]" if origin else ""  # e.g. the ComfyUI node a converted workflow had
+        super().__init__(f"node '{node}' ({node_type}){where} failed: {message}")
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ class Runner:
             raise Interrupted(f"interrupted in node '{node.id}'") from None
         except Exception as exc:
             report(Event("error", node.id, spec.name, index, total, info={"error": str(exc)}))
-            raise NodeFailed(node.id, spec.name, exc) from exc
+            raise NodeFailed(node.id, spec.name, exc, graph.document.origins.get(node.id)) from exc
         seconds = time.perf_counter() - started
         result.executed.append(node.id)
         result.seconds[node.id] = seconds

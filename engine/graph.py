@@ -237,6 +237,7 @@ class Document:
     source: SourceMap
     raw: Any
     problems: list[Diagnostic] = field(default_factory=list)  # structural problems found while parsing
+    origins: dict[str, str] = field(default_factory=dict)  # node id -> where it came from (e.g. a ComfyUI node)
 
     @property
     def file(self) -> str | None:

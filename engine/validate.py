@@ -5,7 +5,7 @@ typed) and the full list of diagnostics. Each rule is a plain function appending
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -472,6 +472,10 @@ def check(
                     **doc.source.locate(("params", name)),
                 )
             )
+    if doc.origins:  # a converted workflow: name the node as the user knows it too
+        diags = [
+            replace(d, message=f"{d.message} [{doc.origins[d.node]}]") if d.node in doc.origins else d for d in diags
+        ]
     diags.sort(key=lambda d: (d.line is None, d.line or 0, d.column or 0))
     if any(d.is_error for d in diags):
         return None, diags

@@ -594,3 +594,26 @@ def test_convert_promotes_inputs_to_params(tmp_path, capsys):
     capsys.readouterr()
     assert main(["convert", str(LEGACY), "--param", "seed=stage_1_sampler.noise_seed,stage_2_sampler.cfg"]) == 2
     assert "the inputs differ (42, 1.0)" in capsys.readouterr().err
+
+
+def test_problems_in_converted_workflows_name_the_comfy_node(tmp_path):
+    import graphrun
+    from graphrun.engine.context import RunOptions
+    from graphrun.engine.executor import NodeFailed, Runner
+
+    graph = graphrun.load(LEGACY, runner=Runner(RunOptions(output_dir=tmp_path, extra={"models_dirs": ["tiny"]})))
+    [error] = [d for d in graph.validate() if d.is_error]
+    assert error.message.endswith("[ComfyUI node 340 'LoRA']")
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    with pytest.raises(NodeFailed, match=r"node 'lora' \(LoadLora\) \[ComfyUI node 340 'LoRA'\] failed: "):
+        graphrun.load(_with_lora(tmp_path, broken), runner=graph.runner).run()
+
+
+def _with_lora(tmp_path, lora_path):
+    """The legacy workflow with its LoRA pointing at ``lora_path``."""
+    prompt = json.loads(LEGACY.read_text())
+    prompt["340"]["inputs"]["lora_name"] = str(lora_path)
+    path = tmp_path / "legacy_with_lora.json"
+    path.write_text(json.dumps(prompt))
+    return path
