@@ -180,6 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_diagnostics(diags)
     if any(d.is_error for d in diags):
         return EXIT_INVALID
+    _check_device(args.device)
     options = RunOptions(
         device=args.device,
         dtype=args.dtype,
@@ -201,6 +202,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     for path in result.files:
         print(path)
     return EXIT_OK
+
+
+def _check_device(device: str | None) -> None:
+    """Reject an unusable --device before anything loads (torch is needed to run anyway)."""
+    if device is None or device.strip().lower() in ("", "auto"):
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise CliError(f"--device {device!r} is not a device; use cuda, cuda:N, cpu or mps") from None
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if not available.get(kind, True):
+        raise CliError(f"--device {device}: {kind.upper()} is not available on this machine; use --device cpu")
 
 
 class _interrupt_on_sigint:
