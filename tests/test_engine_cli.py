@@ -138,10 +138,11 @@ def test_ctrl_c_exits_130_and_leaves_no_output(tmp_path):
 
 
 def test_unusable_device_is_a_usage_error(tmp_path, capsys):
+    import pytest
     import torch
 
     if torch.cuda.is_available():
-        return  # the check under test needs a machine without CUDA
+        pytest.skip("the check under test needs a machine without CUDA")
     assert main(["run", write(tmp_path, GOOD), "--plugin", PLUGIN, "--device", "cuda"]) == 2
     assert "CUDA is not available on this machine; use --device cpu" in capsys.readouterr().err
     assert main(["run", write(tmp_path, GOOD), "--plugin", PLUGIN, "--device", "warp9"]) == 2
