@@ -115,11 +115,10 @@ def ksampler(
     noise = prepare_noise(latent, seed, batch_index)
     sigmas = ksampler_sigmas(denoiser.model_sampling, scheduler, steps, denoise, sampler_name)
     guider = CFGGuider(denoiser, positive, negative, cfg)
-    samples, _ = guided_sample(
+    return guided_sample(
         guider, noise, latent, sampler, sigmas, seed,
         callback=callback, sampler_options=sampler_options, device=device,
-    )
-    return samples
+    )[0]
 
 
 def ksampler_advanced(
@@ -155,11 +154,10 @@ def ksampler_advanced(
         not return_with_leftover_noise, sampler_name,
     )
     guider = CFGGuider(denoiser, positive, negative, cfg)
-    samples, _ = guided_sample(
+    return guided_sample(
         guider, noise, latent, sampler, sigmas, noise_seed,
         callback=callback, sampler_options=sampler_options, device=device,
-    )
-    return samples
+    )[0]
 
 
 def sample_custom(
