@@ -1,6 +1,8 @@
 """Full sampling runs against ComfyUI's reference trajectories on the toy flow model (bit-exact).
 
-Every case of samplers.json is replayed through graphrun's pipeline functions (ksampler,
+Two vector sets: ComfyUI v0.18.1 (``v0.18.1/samplers.json``: every sampler and scheduler, ancestral
+noise from ``seed + 1`` on the CPU) and ComfyUI of October 2025 (``samplers.json``, seed offset 0,
+the ``comfy: "2025.10"`` setting). Every case is replayed through graphrun's pipeline functions (ksampler,
 ksampler_advanced, sample_custom, latent_upscale*) and compared on: the sigmas handed to the sampler,
 per-step callback records, the initial state, model calls (count, batch sizes, sigmas), the sampler's
 own noise draws, and the final samples (sha256).
@@ -16,7 +18,7 @@ import torch
 from torch import Tensor
 
 from graphrun.nodes.resample import latent_upscale, latent_upscale_by
-from graphrun.nodes.sampling.guidance import BasicGuider
+from graphrun.nodes.sampling.guidance import BasicGuider, CFGGuider
 from graphrun.nodes.sampling.noise import DisableNoise, RandomNoise
 from graphrun.nodes.sampling.pipeline import guided_sample, ksampler, ksampler_advanced, sample_custom
 from graphrun.nodes.sampling.samplers import (
@@ -32,13 +34,12 @@ from graphrun.nodes.sampling.schedules import (
     basic_scheduler_sigmas,
     ksampler_sigmas,
 )
-from toy_model import ToyDenoiser, f32, load, sha256, tensor_of, toy_cond
+from toy_model import ToyDenoiser, f32, load, match_floats, match_mean, match_sha, match_tensor, sha256, tensor_of, toy_cond
 
 torch.set_num_threads(1)
 
-DATA = load("samplers.json")
-CASES = DATA["cases"]
-FIXTURES = DATA["fixtures"]
+SETS = {"v0.18.1": ("v0.18.1/samplers.json", 1), "2025.10": ("samplers.json", 0)}
+"""Vector set -> (file, CPU seed offset of default_noise_sampler in that ComfyUI)."""
 MEAN = {"rel": 1e-9, "abs": 1e-12}
 
 
@@ -47,14 +48,15 @@ def _case_id(n: int, case: dict) -> str:
     node = i["node"]
     if node.startswith("workflow"):
         return f"{n:02d}-workflow-3stage"
-    kind = {"KSampler": "ksampler", "KSamplerAdvanced": "advanced", "SamplerCustom": "custom"}.get(node, "advanced_x2")
+    kind = {"KSampler": "ksampler", "KSamplerAdvanced": "advanced", "SamplerCustom": "custom",
+            "SamplerCustomAdvanced": "custom_advanced"}.get(node, "advanced_x2")
     label = i.get("label", "")
     return "-".join(p for p in (f"{n:02d}", kind, label, i["sampler_name"], i["scheduler"], f"seed{i['seed'] if 'seed' in i else i['noise_seed']}") if p)
 
 
-def _latent(spec: dict) -> Tensor:
+def _latent(spec: dict, fixtures: dict) -> Tensor:
     if "fixture" in spec:
-        return tensor_of(FIXTURES[spec["fixture"]])
+        return tensor_of(fixtures[spec["fixture"]])
     return torch.zeros(spec["zeros"])
 
 
@@ -65,6 +67,7 @@ class Run:
     output: Tensor
     sigmas: Tensor
     seed: int
+    offset: int
     sampler_name: str
     latent_shape: tuple[int, ...]
     steps: list[StepInfo] = field(default_factory=list)
@@ -74,10 +77,11 @@ class Run:
     """Replays the stage with extra sampler options (a recording noise sampler)."""
 
 
-def _stage(kind: str, p: dict, toy: ToyDenoiser, latent: Tensor, cond_c: float, uncond_c: float) -> Run:
+def _stage(kind: str, p: dict, toy: ToyDenoiser, latent: Tensor, cond_c: float, uncond_c: float, offset: int) -> Run:
     """Run one KSampler / KSamplerAdvanced / SamplerCustom stage with the toy model."""
     ms = toy.model_sampling
-    pos, neg = toy_cond(cond_c), toy_cond(uncond_c)
+    pos = toy_cond(cond_c)
+    neg = toy_cond(uncond_c) if uncond_c is not None else None
     steps: list[StepInfo] = []
     denoised: Tensor | None = None
     fixed_shape = (latent.shape[0], 16, *latent.shape[2:])
@@ -87,7 +91,7 @@ def _stage(kind: str, p: dict, toy: ToyDenoiser, latent: Tensor, cond_c: float, 
         def go(options: dict | None = None, cb=None) -> Tensor:
             return ksampler(
                 toy, p["seed"], p["steps"], p["cfg"], p["sampler_name"], p["scheduler"], pos, neg, latent,
-                p["denoise"], callback=cb, sampler_options=options,
+                p["denoise"], callback=cb, sampler_options=options, cpu_seed_offset=offset,
             )
 
         seed = p["seed"]
@@ -102,9 +106,28 @@ def _stage(kind: str, p: dict, toy: ToyDenoiser, latent: Tensor, cond_c: float, 
                 toy, p["add_noise"] == "enable", p["noise_seed"], p["steps"], p["cfg"], p["sampler_name"],
                 p["scheduler"], pos, neg, latent, p["start_at_step"], p["end_at_step"],
                 p["return_with_leftover_noise"] == "enable", callback=cb, sampler_options=options,
+                cpu_seed_offset=offset,
             )
 
         seed = p["noise_seed"]
+    elif kind == "SamplerCustomAdvanced":
+        sigmas = basic_scheduler_sigmas(ms, p["scheduler"], p["steps"], p["denoise"])
+        noise_kind, noise_args = next(iter(p["noise_node"].items()))
+        noise = RandomNoise(noise_args["noise_seed"]) if noise_kind == "RandomNoise" else DisableNoise(0)
+        guider_kind, guider_args = next(iter(p["guider_node"].items()))
+        guider = (
+            BasicGuider(toy, pos) if guider_kind == "BasicGuider" else CFGGuider(toy, pos, neg, guider_args["cfg"])
+        )
+
+        def go(options: dict | None = None, cb=None) -> Tensor:
+            nonlocal denoised
+            result, denoised = sample_custom(
+                guider, noise, p["sampler_name"], sigmas, latent, callback=cb, sampler_options=options,
+                cpu_seed_offset=offset,
+            )
+            return result
+
+        seed = noise.seed
     else:
         sigmas = basic_scheduler_sigmas(ms, p["scheduler"], p["steps"], p["denoise"])
         noise = RandomNoise(p["noise_seed"]) if p["add_noise"] else DisableNoise(p["noise_seed"])
@@ -113,7 +136,7 @@ def _stage(kind: str, p: dict, toy: ToyDenoiser, latent: Tensor, cond_c: float, 
             nonlocal denoised
             result, denoised = sample_custom(
                 toy, noise, p["sampler_name"], sigmas, latent, positive=pos, negative=neg, cfg=p["cfg"],
-                callback=cb, sampler_options=options,
+                callback=cb, sampler_options=options, cpu_seed_offset=offset,
             )
             return result
 
@@ -121,7 +144,7 @@ def _stage(kind: str, p: dict, toy: ToyDenoiser, latent: Tensor, cond_c: float, 
     calls_before = len(toy.calls)
     out = go(cb=steps.append)
     calls = toy.calls[calls_before:]
-    return Run(out, sigmas, seed, p["sampler_name"], fixed_shape, steps, calls, denoised, go)
+    return Run(out, sigmas, seed, offset, p["sampler_name"], fixed_shape, steps, calls, denoised, go)
 
 
 def _check_noise_draws(run: Run, expected: list[dict]) -> None:
@@ -129,14 +152,14 @@ def _check_noise_draws(run: Run, expected: list[dict]) -> None:
     if run.sampler_name == "res_multistep":
         # ComfyUI draws these and multiplies them by sigma_up = 0; graphrun skips the draws. Check the
         # stream itself, and that the sampler needs none of it.
-        draw = default_noise_sampler(x_like, run.seed)
+        draw = default_noise_sampler(x_like, run.seed, run.offset)
         for rec in expected:
             assert sha256(draw(None, None)) == rec["sha256"]
         return
     if expected[0]["sampler"] == "BrownianTreeNoiseSampler":
         source = BrownianTreeNoiseSampler.for_schedule(x_like, run.sigmas, run.seed)
     else:
-        source = default_noise_sampler(x_like, run.seed)
+        source = default_noise_sampler(x_like, run.seed, run.offset)
     drawn: list[tuple[float, float, Tensor]] = []
 
     def recording(sigma: Tensor, sigma_next: Tensor) -> Tensor:
@@ -147,19 +170,18 @@ def _check_noise_draws(run: Run, expected: list[dict]) -> None:
     replay = run.rerun({"noise_sampler": recording})
     assert torch.equal(replay, run.output), "an explicit noise sampler must reproduce the default one"
     assert len(drawn) == len(expected)
-    for (sigma, sigma_next, noise), rec in zip(drawn, expected):
-        assert (sigma, sigma_next) == (f32(rec["sigma"]), f32(rec["sigma_next"]))
-        assert noise.reshape(-1)[: len(rec["first"])].tolist() == [f32(v) for v in rec["first"]]
-        assert sha256(noise) == rec["sha256"]
+    for k, ((sigma, sigma_next, noise), rec) in enumerate(zip(drawn, expected)):
+        match_floats([sigma, sigma_next], [rec["sigma"], rec["sigma_next"]], f"draw {k} sigmas")
+        match_tensor(noise, rec, f"draw {k}")
 
 
 def _check_stage(run: Run, e: dict) -> None:
     # Sigmas handed to the sampler.
-    assert run.sigmas.tolist() == [f32(v) for v in e["sigmas"]]
+    match_floats(run.sigmas.tolist(), e["sigmas"], "sigmas")
     # Model calls.
     assert len(run.calls) == e["model_calls"]
     assert [c["batch"] for c in run.calls] == e["model_call_batch_sizes"]
-    assert [c["sigma"] for c in run.calls] == [f32(v) for v in e["model_call_sigmas"]]
+    match_floats([c["sigma"] for c in run.calls], e["model_call_sigmas"], "model call sigmas")
     # Per-step callback records.
     assert len(run.steps) == len(e["steps"])
     for info, rec in zip(run.steps, e["steps"]):
@@ -168,26 +190,24 @@ def _check_stage(run: Run, e: dict) -> None:
         sigma = f32(rec["sigma"])
         if run.sampler_name == "dpmpp_2m_sde" and info.i == 0 and sigma >= 1:
             sigma = f32(e["model_call_sigmas"][0])
-        assert info.sigma == sigma
-        assert float(info.denoised.double().mean()) == pytest.approx(rec["denoised_mean"], **MEAN)
-        assert float(info.x.double().mean()) == pytest.approx(rec["x_mean"], **MEAN)
+        match_floats([info.sigma], [sigma], f"step {info.i} sigma")
+        match_mean(float(info.denoised.double().mean()), rec["denoised_mean"], f"step {info.i} denoised mean")
+        match_mean(float(info.x.double().mean()), rec["x_mean"], f"step {info.i} x mean")
     if "x_init" in e and run.steps:
-        x0 = run.steps[0].x
-        assert x0.reshape(-1)[:16].tolist() == [f32(v) for v in e["x_init"]["first"]]
-        assert sha256(x0) == e["x_init"]["sha256"]
+        match_tensor(run.steps[0].x, e["x_init"], "x_init")
     # Final samples (raw latent) and SamplerCustom's denoised output.
-    assert list(run.output.shape) == e["samples"]["shape"] and run.output.dtype == torch.float32
-    assert sha256(run.output) == e["samples"]["sha256"]
+    assert run.output.dtype == torch.float32
+    match_tensor(run.output, e["samples"], "samples")
     if "denoised_output" in e:
         assert run.denoised_output is not None
-        assert sha256(run.denoised_output) == e["denoised_output"]["sha256"]
+        match_tensor(run.denoised_output, e["denoised_output"], "denoised_output")
     if e.get("noise_draws"):
         _check_noise_draws(run, e["noise_draws"])
     else:
         assert not e["ancestral_noise"]["uses_extra_noise"]
 
 
-def _run_workflow(i: dict, e: dict) -> None:
+def _run_workflow(i: dict, e: dict, offset: int) -> None:
     toy = ToyDenoiser(FlowModelSampling(i["shift"], i["multiplier"]))
     outputs: dict[str, Tensor] = {}
 
@@ -208,32 +228,45 @@ def _run_workflow(i: dict, e: dict) -> None:
             if kind == "SamplerCustom":
                 p["sampler_name"] = node["sampler"]["KSamplerSelect"]["sampler_name"]
                 p.update(node["sigmas"]["BasicScheduler"])
-            run = _stage(kind, p, toy, ref(node["latent_image"]), i["cond_c"], i["uncond_c"])
+            run = _stage(kind, p, toy, ref(node["latent_image"]), i["cond_c"], i["uncond_c"], offset)
             _check_stage(run, e[nid])
             outputs[nid] = run.output
         else:
             raise AssertionError(f"workflow node {kind} not handled by the test")
         if "output" in e.get(nid, {}):
             assert list(outputs[nid].shape) == e[nid]["shape"]
-            assert sha256(outputs[nid]) == e[nid]["output"]["sha256"]
+            match_tensor(outputs[nid], e[nid]["output"], f"{nid} output")
 
 
-@pytest.mark.parametrize("case", CASES, ids=[_case_id(n, c) for n, c in enumerate(CASES)])
-def test_sampler_vectors(case: dict) -> None:
+def _all_cases() -> list:
+    params = []
+    for set_name, (file, offset) in SETS.items():
+        data = load(file)
+        for n, case in enumerate(data["cases"]):
+            params.append(pytest.param(case, data["fixtures"], offset, id=f"{set_name}-{_case_id(n, case)}"))
+    return params
+
+
+@pytest.mark.parametrize(("case", "fixtures", "offset"), _all_cases())
+def test_sampler_vectors(case: dict, fixtures: dict, offset: int) -> None:
     i, e = case["inputs"], case["expected"]
     if i["node"].startswith("workflow"):
-        _run_workflow(i, e)
+        _run_workflow(i, e, offset)
         return
     toy = ToyDenoiser(FlowModelSampling(i["shift"], i["multiplier"]))
-    latent = _latent(i["latent"])
+    latent = _latent(i["latent"], fixtures)
+    if "error" in e:
+        with pytest.raises(ValueError, match="Overflow when unpacking long long"):
+            _stage(i["node"], i, toy, latent, i["cond_c"], i["uncond_c"], offset)
+        return
     if i["node"].startswith("KSamplerAdvanced x2"):
         shared = {k: i[k] for k in ("sampler_name", "scheduler", "steps", "cfg")}
-        run1 = _stage("KSamplerAdvanced", {**shared, **i["stage1"]}, toy, latent, i["cond_c"], i["uncond_c"])
+        run1 = _stage("KSamplerAdvanced", {**shared, **i["stage1"]}, toy, latent, i["cond_c"], i["uncond_c"], offset)
         _check_stage(run1, e["stage1"])
-        run2 = _stage("KSamplerAdvanced", {**shared, **i["stage2"]}, toy, run1.output, i["cond_c"], i["uncond_c"])
+        run2 = _stage("KSamplerAdvanced", {**shared, **i["stage2"]}, toy, run1.output, i["cond_c"], i["uncond_c"], offset)
         _check_stage(run2, e["stage2"])
         return
-    run = _stage(i["node"], i, toy, latent, i["cond_c"], i["uncond_c"])
+    run = _stage(i["node"], i, toy, latent, i["cond_c"], i["uncond_c"], offset)
     if e.get("output_equals_input"):
         assert run.output is latent or torch.equal(run.output, latent)
         assert not run.steps and not run.calls and not e["sigmas"]
@@ -269,17 +302,22 @@ def test_callback_exception_stops_sampling() -> None:
     assert len(toy.calls) == 3
 
 
-def test_newer_seed_convention_option() -> None:
-    """cpu_seed_offset=1 reproduces ComfyUI 2026 (ancestral noise from seed + 1 on the CPU)."""
+def test_cpu_seed_offset_selects_the_comfyui_convention() -> None:
+    """Ancestral noise on the CPU: ComfyUI v0.18.1 draws from seed + 1 (the default), ComfyUI of
+    October 2025 from seed (cpu_seed_offset=0)."""
     ms = FlowModelSampling(3.0)
     sigmas = ksampler_sigmas(ms, "simple", 4)
     guider = BasicGuider(ToyDenoiser(ms), toy_cond(0.5))
     noise = torch.randn(1, 16, 3, 2, generator=torch.Generator().manual_seed(3))
     latent = torch.zeros(1, 16, 3, 2)
-    a, _ = guided_sample(guider, noise, latent, "euler_ancestral", sigmas, 6, sampler_options={"cpu_seed_offset": 1})
-    b, _ = guided_sample(guider, noise, latent, "euler_ancestral", sigmas, 7)
-    c, _ = guided_sample(guider, noise, latent, "euler_ancestral", sigmas, 6)
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    current, _ = guided_sample(guider, noise, latent, "euler_ancestral", sigmas, 6)
+    old_6, _ = guided_sample(guider, noise, latent, "euler_ancestral", sigmas, 6, cpu_seed_offset=0)
+    old_7, _ = guided_sample(guider, noise, latent, "euler_ancestral", sigmas, 7, cpu_seed_offset=0)
+    assert torch.equal(current, old_7) and not torch.equal(current, old_6)
+    # A sampler option wins over the setting.
+    forced, _ = guided_sample(guider, noise, latent, "euler_ancestral", sigmas, 6, cpu_seed_offset=0,
+                              sampler_options={"cpu_seed_offset": 1})
+    assert torch.equal(forced, current)
 
 
 def test_sampler_options_and_eta_zero() -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -57,3 +59,102 @@ def sha256(t: Tensor) -> str:
 def tensor_of(obj: dict[str, Any]) -> Tensor:
     """A vector tensor object with full ``data`` as a float32 tensor."""
     return torch.tensor(obj["data"], dtype=torch.float32).reshape(obj["shape"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing against the vectors: bit-exact where this CPU computes like the reference machine.
+#
+# The vectors are bit-exact targets, but a CPU whose vector math library rounds a transcendental
+# (exp, tanh) differently in the last bit (MKL and SLEEF pick code paths per CPU model) cannot reproduce
+# every sha256. So each check is exact first; when the bits differ the values must still agree within
+# a tolerance far below any semantic difference (a wrong seed, step or formula is off by > 1e-2), and
+# the count of close-but-not-exact checks is reported at the end of the run. GRAPHRUN_VECTORS=exact
+# turns every inexact match into a failure (for machines that reproduce the reference bit for bit).
+
+STRICT = os.environ.get("GRAPHRUN_VECTORS", "") == "exact"
+REL = 1e-5
+"""Relative tolerance when the bits differ (the vectors README's figure for other numerics)."""
+
+TALLY = {"exact": 0, "close": 0}
+CLOSE_CASES: list[str] = []
+
+
+def _note(exact: bool, what: str) -> None:
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
+    if exact:
+        TALLY["exact"] += 1
+        return
+    assert not STRICT, f"{what}: not bit-exact (GRAPHRUN_VECTORS=exact)"
+    TALLY["close"] += 1
+    if test not in CLOSE_CASES:
+        CLOSE_CASES.append(test)
+
+
+def _values(obj: dict[str, Any]) -> list[float] | None:
+    vals = obj.get("data", obj.get("first"))
+    return None if vals is None else [f32(v) for v in vals]
+
+
+def match_tensor(actual: Tensor, ref: dict[str, Any], what: str = "tensor", rel: float = REL) -> None:
+    """``actual`` equals the vector tensor object ``ref`` (sha256), or is within ``rel`` of its listed
+    values and sums when this CPU rounds differently."""
+    if "shape" in ref:
+        assert list(actual.shape) == list(ref["shape"]), f"{what}: shape {list(actual.shape)} != {ref['shape']}"
+    if sha256(actual) == ref["sha256"]:
+        _note(True, what)
+        return
+    flat = actual.detach().double().reshape(-1).cpu()
+    expected = _values(ref)
+    assert expected is not None or "sum" in ref, f"{what}: sha256 differs and the vector lists no values"
+    if expected is not None:
+        exp = torch.tensor(expected, dtype=torch.float64)
+        scale = float(exp.abs().max()) or 1.0
+        diff = float((flat[: len(exp)] - exp).abs().max())
+        assert diff <= rel * scale, f"{what}: max |diff| {diff:.3g} > {rel:g} * {scale:.3g} (and sha256 differs)"
+    if "sum" in ref and "abs_sum" in ref:
+        abs_sum = float(ref["abs_sum"]) or 1.0
+        assert abs(float(flat.sum()) - float(ref["sum"])) <= rel * abs_sum, f"{what}: sum differs beyond {rel:g}"
+        assert abs(float(flat.abs().sum()) - abs_sum) <= rel * abs_sum, f"{what}: abs_sum differs beyond {rel:g}"
+    _note(False, what)
+
+
+def match_sha(actual: Tensor, sha: str, reference: Tensor | None, what: str = "tensor", rel: float = REL) -> None:
+    """Like :func:`match_tensor` for a bare sha256, with the reference tensor when one is known."""
+    if sha256(actual) == sha:
+        _note(True, what)
+        return
+    assert reference is not None, f"{what}: sha256 differs"
+    scale = float(reference.abs().max()) or 1.0
+    diff = float((actual.double() - reference.double()).abs().max())
+    assert diff <= rel * scale, f"{what}: max |diff| {diff:.3g} > {rel:g} * {scale:.3g} (and sha256 differs)"
+    _note(False, what)
+
+
+def match_floats(actual: list[float], expected: list[Any], what: str = "values", rel: float = REL, abs_tol: float = 1e-7) -> None:
+    """Float lists equal bit for bit (as float32), or within tolerance when this CPU rounds differently."""
+    exp = [f32(v) for v in expected]
+    assert len(actual) == len(exp), f"{what}: {len(actual)} values, expected {len(exp)}"
+    if all(a == e or (math.isnan(a) and math.isnan(e)) for a, e in zip(actual, exp)):
+        _note(True, what)
+        return
+    for a, e in zip(actual, exp):
+        if math.isnan(e) or math.isinf(e):
+            assert a == e or (math.isnan(a) and math.isnan(e)), f"{what}: {actual} != {exp}"
+        else:
+            assert abs(a - e) <= max(abs_tol, rel * abs(e)), f"{what}: {actual} != {exp}"
+    _note(False, what)
+
+
+def match_mean(actual: float, expected: float, what: str = "mean", rel: float = REL) -> None:
+    """A float64 mean of a float32 tensor: equal to 1e-9 relative (summation order), else within ``rel``."""
+    if actual == pytest_approx(expected, 1e-9, 1e-12):
+        _note(True, what)
+        return
+    assert abs(actual - expected) <= max(rel * abs(expected), 1e-7), f"{what}: {actual} != {expected}"
+    _note(False, what)
+
+
+def pytest_approx(value: float, rel: float, abs_: float) -> Any:
+    import pytest
+
+    return pytest.approx(value, rel=rel, abs=abs_)

@@ -209,6 +209,12 @@ class CFGGuider:
         d_cond, d_uncond = _calc_cond_batch(self.denoiser, (self.positive, self.negative), x, sigma)
         return cfg_function(d_cond, d_uncond, self.cfg)
 
+    def denoise_with_uncond(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """``(D_guided, D_uncond)`` with the negative evaluated even at cfg 1 (ComfyUI's
+        ``disable_cfg1_optimization``, which the CFG++ samplers set)."""
+        d_cond, d_uncond = _calc_cond_batch(self.denoiser, (self.positive, self.negative), x, sigma)
+        return cfg_function(d_cond, d_uncond, self.cfg), d_uncond
+
 
 @dataclass(frozen=True, eq=False)
 class BasicGuider:
@@ -231,3 +237,8 @@ class BasicGuider:
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         """x0 prediction for the conditioning at ``x`` [B,C,H,W], ``sigma`` [B]."""
         return _calc_cond_batch(self.denoiser, (self.conditioning,), x, sigma)[0]
+
+    def denoise_with_uncond(self, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """``(D, 0)``: without a negative ComfyUI's uncond prediction is all zeros."""
+        denoised = self(x, sigma)
+        return denoised, torch.zeros_like(denoised)

@@ -50,6 +50,7 @@ def guided_sample(
     callback: StepCallback | None = None,
     sampler_options: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
+    cpu_seed_offset: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Sample a raw latent with a guider (ComfyUI ``CFGGuider.sample``); steps 4-7 of the module doc.
 
@@ -57,7 +58,9 @@ def guided_sample(
     ``seed`` seeds the sampler's own noise. Returns ``(samples, last_denoised)``, both raw float32 on
     the latent's device; ``last_denoised`` is the x0 prediction of the last step (None when no step
     ran). An empty ``sigmas`` returns the latent unchanged. Sampling runs on ``device``, else the
-    denoiser's ``device`` attribute if it has one, else the latent's device.
+    denoiser's ``device`` attribute if it has one, else the latent's device. ``cpu_seed_offset``
+    (the ComfyUI-version setting; None = the sampler's default, ComfyUI v0.18.1's ``seed + 1``) is
+    handed to samplers that draw ``default_noise_sampler`` noise.
     """
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
     if sigmas.numel() == 0:
@@ -71,6 +74,8 @@ def guided_sample(
         z = fmt.process_in(z)
     x = ms.noise_scaling(sigmas[0], noise.to(device=run_on, dtype=torch.float32), z)
 
+    options = dict(sampler_options or {})
+    options.setdefault("cpu_seed_offset", cpu_seed_offset)  # an explicit sampler option wins
     last: list[Tensor] = []
 
     def on_step(info: StepInfo) -> None:
@@ -83,7 +88,7 @@ def guided_sample(
 
     with torch.no_grad():
         x = _as_sampler(sampler)(
-            guider, x, sigmas, seed=seed, callback=on_step, model_sampling=ms, **dict(sampler_options or {})
+            guider, x, sigmas, seed=seed, callback=on_step, model_sampling=ms, **options,
         )
     x = ms.inverse_noise_scaling(sigmas[-1], x)
     samples = fmt.process_out(x.float()).to(latent.device)
@@ -107,6 +112,7 @@ def ksampler(
     callback: StepCallback | None = None,
     sampler_options: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
+    cpu_seed_offset: int | None = None,
 ) -> Tensor:
     """ComfyUI ``KSampler``: denoise a raw latent; ``denoise < 1`` runs ``steps`` steps on the tail
     of an ``int(steps/denoise)``-step schedule, ``denoise 0`` returns the latent unchanged."""
@@ -117,7 +123,7 @@ def ksampler(
     guider = CFGGuider(denoiser, positive, negative, cfg)
     return guided_sample(
         guider, noise, latent, sampler, sigmas, seed,
-        callback=callback, sampler_options=sampler_options, device=device,
+        callback=callback, sampler_options=sampler_options, device=device, cpu_seed_offset=cpu_seed_offset,
     )[0]
 
 
@@ -140,6 +146,7 @@ def ksampler_advanced(
     callback: StepCallback | None = None,
     sampler_options: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
+    cpu_seed_offset: int | None = None,
 ) -> Tensor:
     """ComfyUI ``KSamplerAdvanced``: run steps ``start_at_step..end_at_step`` of a ``steps``-step
     schedule. Without leftover noise the last sigma is forced to 0; ``add_noise=False`` starts from
@@ -156,7 +163,7 @@ def ksampler_advanced(
     guider = CFGGuider(denoiser, positive, negative, cfg)
     return guided_sample(
         guider, noise, latent, sampler, sigmas, noise_seed,
-        callback=callback, sampler_options=sampler_options, device=device,
+        callback=callback, sampler_options=sampler_options, device=device, cpu_seed_offset=cpu_seed_offset,
     )[0]
 
 
@@ -175,6 +182,7 @@ def sample_custom(
     callback: StepCallback | None = None,
     sampler_options: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
+    cpu_seed_offset: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """ComfyUI ``SamplerCustom`` / ``SamplerCustomAdvanced``: sample with explicit noise, sampler and
     sigmas. Returns ``(output, denoised_output)``; the second is the x0 prediction of the last step
@@ -210,6 +218,6 @@ def sample_custom(
             seed = noise.seed
     samples, denoised = guided_sample(
         guider, noise_tensor, latent, sampler, sigmas, seed,
-        callback=callback, sampler_options=sampler_options, device=device,
+        callback=callback, sampler_options=sampler_options, device=device, cpu_seed_offset=cpu_seed_offset,
     )
     return samples, (denoised if denoised is not None else samples)

@@ -262,8 +262,9 @@ SCHEDULERS: dict[str, SchedulerFn] = {
 }
 """Scheduler name -> function(model_sampling, steps), in ComfyUI's order."""
 
-DISCARD_PENULTIMATE_SIGMA_SAMPLERS = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
-"""Samplers for which KSampler computes steps+1 sigmas and drops the penultimate one."""
+DISCARD_PENULTIMATE_SIGMA_SAMPLERS: set[str] = {"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"}
+"""Samplers for which KSampler computes steps+1 sigmas and drops the penultimate one (samplers
+registered with ``discard_penultimate_sigma=True`` are added)."""
 
 
 def calculate_sigmas(ms: FlowModelSampling, scheduler: str, steps: int) -> Tensor:

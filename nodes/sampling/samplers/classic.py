@@ -1,144 +1,25 @@
-"""k-diffusion style samplers with ComfyUI's flow-model (CONST) semantics.
-
-Every sampler is one pure function with the same signature::
-
-    sample_x(model, x, sigmas, *, seed, callback=None, model_sampling=None, **options) -> Tensor
-
-``model(x, sigma_batch) -> D`` returns the denoised (x0) prediction; ``x`` is the noised start state in
-model latent space; ``sigmas`` a 1-D float32 CPU schedule. The per-step scalar arithmetic runs on 0-dim
-float32 CPU tensors in ComfyUI's operation order, which makes results bit-identical to ComfyUI on the
-CPU (and avoids device syncs on a GPU). ``callback`` gets one ``StepInfo`` per step; an exception raised
-by it stops sampling and propagates (progress bars, Ctrl-C). ``model_sampling`` defaults to
-``model.model_sampling`` (guiders expose it); only dpmpp_2m_sde and lcm need it.
-"""
+"""The first samplers graphrun implemented: euler, euler_ancestral (RF), heun, dpmpp_2m, dpmpp_2m_sde,
+lcm, ddim and res_multistep, with ComfyUI's flow-model (CONST) semantics."""
 from __future__ import annotations
-
-import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-from .schedules import FlowModelSampling
-
-__all__ = [
-    "BrownianTreeNoiseSampler",
-    "DenoiseFn",
-    "NoiseSampler",
-    "SAMPLERS",
-    "Sampler",
-    "SamplerFn",
-    "StepCallback",
-    "StepInfo",
-    "default_noise_sampler",
-    "get_sampler",
-    "sample_dpmpp_2m",
-    "sample_dpmpp_2m_sde",
-    "sample_euler",
-    "sample_euler_ancestral",
-    "sample_heun",
-    "sample_lcm",
-    "sample_res_multistep",
-]
-
-DenoiseFn = Callable[[Tensor, Tensor], Tensor]
-"""``model(x [B,C,H,W], sigma [B]) -> denoised [B,C,H,W]``."""
-
-NoiseSampler = Callable[[Tensor, Tensor], Tensor]
-"""``noise_sampler(sigma, sigma_next) -> unit-variance noise shaped like x``."""
+from ..schedules import FlowModelSampling
+from . import register_sampler
+from .base import (
+    COMFY_CPU_SEED_OFFSET,
+    BrownianTreeNoiseSampler,
+    DenoiseFn,
+    NoiseSampler,
+    StepCallback,
+    StepInfo,
+    default_noise_sampler,
+    resolve_model_sampling,
+)
 
 
-class StepInfo(NamedTuple):
-    """What a step callback receives, once per sampler step."""
-
-    i: int
-    """Step index, 0-based."""
-    total: int
-    """Number of steps (``len(sigmas) - 1``)."""
-    sigma: float
-    """Sigma the model was evaluated at in this step."""
-    x: Tensor
-    """Sampler state before the step (model latent space)."""
-    denoised: Tensor
-    """The model's x0 prediction at this step (model latent space)."""
-
-
-StepCallback = Callable[[StepInfo], None]
-
-
-class SamplerFn(Protocol):
-    def __call__(
-        self,
-        model: DenoiseFn,
-        x: Tensor,
-        sigmas: Tensor,
-        *,
-        seed: int,
-        callback: StepCallback | None = None,
-        model_sampling: FlowModelSampling | None = None,
-        **options: Any,
-    ) -> Tensor: ...
-
-
-def default_noise_sampler(x: Tensor, seed: int, cpu_seed_offset: int = 0) -> NoiseSampler:
-    """ComfyUI's ``default_noise_sampler``: one ``randn(x.shape)`` per call from a generator on x's
-    device seeded with ``seed`` (+ ``cpu_seed_offset`` when x is on the CPU; ComfyUI from 2026 uses 1,
-    the 2025 reference vectors 0). Device dependent: CUDA draws differ from CPU draws."""
-    if x.device.type == "cpu":
-        seed = (seed + cpu_seed_offset) % 2**64
-    generator = torch.Generator(device=x.device)
-    generator.manual_seed(seed)
-    shape, dtype, device = x.shape, x.dtype, x.device
-
-    def draw(sigma: Tensor, sigma_next: Tensor) -> Tensor:
-        return torch.randn(shape, dtype=dtype, device=device, generator=generator)
-
-    return draw
-
-
-class BrownianTreeNoiseSampler:
-    """Noise from a torchsde Brownian tree over [sigma_min, sigma_max] on the CPU, as ComfyUI's
-    ``BrownianTreeNoiseSampler(cpu=True)``: sample = W(sigma -> sigma_next) / sqrt|sigma_next - sigma|."""
-
-    def __init__(self, x: Tensor, sigma_min: Tensor, sigma_max: Tensor, seed: int) -> None:
-        import torchsde
-
-        t0, t1 = torch.as_tensor(sigma_min), torch.as_tensor(sigma_max)
-        t0, t1, self._sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
-        w0 = torch.zeros(x.shape, dtype=x.dtype, device="cpu")
-        self._tree = torchsde.BrownianTree(t0.cpu(), w0, t1.cpu(), entropy=seed)
-        self._device, self._dtype = x.device, x.dtype
-
-    @classmethod
-    def for_schedule(cls, x: Tensor, sigmas: Tensor, seed: int) -> BrownianTreeNoiseSampler:
-        """The tree ComfyUI builds for a schedule: from the smallest positive sigma to the largest."""
-        return cls(x, sigmas[sigmas > 0].min(), sigmas.max(), seed)
-
-    def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
-        t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
-        lo, hi, sign = (t0, t1, 1) if t0 < t1 else (t1, t0, -1)
-        with warnings.catch_warnings():
-            # torchsde rounds the tree's start to its tolerance and warns (then clamps) when a query at
-            # the smallest sigma falls a rounding error below it.
-            warnings.filterwarnings("ignore", message=r"Should have (ta|tb)")
-            w = self._tree(lo.cpu().float(), hi.cpu().float())
-        w = w.to(device=self._device, dtype=self._dtype)
-        return (w * (self._sign * sign)) / (t1 - t0).abs().sqrt()
-
-
-def _resolve_model_sampling(model: DenoiseFn, model_sampling: FlowModelSampling | None) -> FlowModelSampling:
-    ms = model_sampling if model_sampling is not None else getattr(model, "model_sampling", None)
-    if ms is None:
-        raise ValueError("this sampler needs model_sampling (pass it, or use a guider that has one)")
-    return ms
-
-
-# ---------------------------------------------------------------------------------------------
-# Samplers
-
-
+@register_sampler("euler")
 def sample_euler(
     model: DenoiseFn,
     x: Tensor,
@@ -161,6 +42,7 @@ def sample_euler(
     return x
 
 
+@register_sampler("euler_ancestral")
 def sample_euler_ancestral(
     model: DenoiseFn,
     x: Tensor,
@@ -172,7 +54,7 @@ def sample_euler_ancestral(
     eta: float = 1.0,
     s_noise: float = 1.0,
     noise_sampler: NoiseSampler | None = None,
-    cpu_seed_offset: int = 0,
+    cpu_seed_offset: int = COMFY_CPU_SEED_OFFSET,
 ) -> Tensor:
     """Ancestral Euler for rectified flow (k-diffusion/ComfyUI ``sample_euler_ancestral_RF``)."""
     # Steps down to sigma_down, then re-noises to sigma_next with the flow's alpha scaling.
@@ -209,6 +91,7 @@ def _ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float) -> tuple[T
     return sigma_down, sigma_up
 
 
+@register_sampler("res_multistep")
 def sample_res_multistep(
     model: DenoiseFn,
     x: Tensor,
@@ -220,7 +103,7 @@ def sample_res_multistep(
     eta: float = 0.0,
     s_noise: float = 1.0,
     noise_sampler: NoiseSampler | None = None,
-    cpu_seed_offset: int = 0,
+    cpu_seed_offset: int = COMFY_CPU_SEED_OFFSET,
 ) -> Tensor:
     """Second-order multistep RES solver (Zhang et al. 2023, arXiv:2308.02157)."""
     # eta > 0 is ComfyUI's res_multistep_ancestral (VE ancestral step even for flow models).
@@ -261,6 +144,7 @@ def sample_res_multistep(
     return x
 
 
+@register_sampler("dpmpp_2m")
 def sample_dpmpp_2m(
     model: DenoiseFn,
     x: Tensor,
@@ -294,6 +178,7 @@ def sample_dpmpp_2m(
     return x
 
 
+@register_sampler("dpmpp_2m_sde")
 def sample_dpmpp_2m_sde(
     model: DenoiseFn,
     x: Tensor,
@@ -313,7 +198,7 @@ def sample_dpmpp_2m_sde(
         raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     if len(sigmas) <= 1:
         return x
-    ms = _resolve_model_sampling(model, model_sampling)
+    ms = resolve_model_sampling(model, model_sampling)
     if noise_sampler is None:
         # The tree spans the schedule as given, before the first sigma is offset below.
         noise_sampler = BrownianTreeNoiseSampler.for_schedule(x, sigmas, seed)
@@ -355,6 +240,7 @@ def sample_dpmpp_2m_sde(
     return x
 
 
+@register_sampler("heun")
 def sample_heun(
     model: DenoiseFn,
     x: Tensor,
@@ -384,6 +270,7 @@ def sample_heun(
     return x
 
 
+@register_sampler("lcm")
 def sample_lcm(
     model: DenoiseFn,
     x: Tensor,
@@ -393,10 +280,10 @@ def sample_lcm(
     callback: StepCallback | None = None,
     model_sampling: FlowModelSampling | None = None,
     noise_sampler: NoiseSampler | None = None,
-    cpu_seed_offset: int = 0,
+    cpu_seed_offset: int = COMFY_CPU_SEED_OFFSET,
 ) -> Tensor:
     """Latent Consistency Model sampling (Luo et al. 2023, arXiv:2310.04378)."""
-    ms = _resolve_model_sampling(model, model_sampling)
+    ms = resolve_model_sampling(model, model_sampling)
     if noise_sampler is None:
         noise_sampler = default_noise_sampler(x, seed, cpu_seed_offset)
     s_in = x.new_ones([x.shape[0]])
@@ -412,49 +299,4 @@ def sample_lcm(
     return x
 
 
-SAMPLERS: dict[str, SamplerFn] = {
-    "euler": sample_euler,
-    "euler_ancestral": sample_euler_ancestral,
-    "heun": sample_heun,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
-    "lcm": sample_lcm,
-    "ddim": sample_euler,
-    "res_multistep": sample_res_multistep,
-}
-"""Sampler name (ComfyUI's) -> sampler function."""
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """A SAMPLER value: a registered sampler name plus fixed options (ComfyUI ``KSamplerSelect`` and
-    the ``Sampler*`` option nodes)."""
-
-    name: str
-    options: tuple[tuple[str, Any], ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}; known: {', '.join(SAMPLERS)}")
-
-    def __call__(
-        self,
-        model: DenoiseFn,
-        x: Tensor,
-        sigmas: Tensor,
-        *,
-        seed: int,
-        callback: StepCallback | None = None,
-        model_sampling: FlowModelSampling | None = None,
-        **options: Any,
-    ) -> Tensor:
-        """Run the sampler; ``options`` are added to (and override) the fixed ones."""
-        merged = {**dict(self.options), **options}
-        return SAMPLERS[self.name](
-            model, x, sigmas, seed=seed, callback=callback, model_sampling=model_sampling, **merged
-        )
-
-
-def get_sampler(name: str, options: Mapping[str, Any] | None = None) -> Sampler:
-    """The SAMPLER for a registered name, with optional fixed options (e.g. ``{"eta": 0.5}``)."""
-    return Sampler(name, tuple(sorted((options or {}).items())))
+register_sampler("ddim")(sample_euler)

@@ -1,0 +1,2 @@
+"""(being written) ComfyUI samplers: exponential."""
+from __future__ import annotations

@@ -1,0 +1,2 @@
+"""(being written) ComfyUI samplers: multistep."""
+from __future__ import annotations

@@ -1,0 +1,2 @@
+"""(being written) ComfyUI samplers: unipc."""
+from __future__ import annotations
