@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="model dtype (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--offload", action="store_true", help="keep models on the CPU between uses (small GPUs)")
     p.add_argument(
+        "--comfy",
+        metavar="VERSION",
+        help="ComfyUI version whose behaviour to follow: 0.18.1 (default) or 2025.10; overrides the graph's `comfy:`",
+    )
+    p.add_argument(
         "--progress", choices=["auto", "plain", "json", "none"], default="auto", help="progress output on stderr"
     )
     p.add_argument("--batch", metavar="ROWS", help="run once per row of a .jsonl, .csv or .txt file (one prompt a line)")
@@ -181,10 +186,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if any(d.is_error for d in diags):
         return EXIT_INVALID
     _check_device(args.device)
+    comfy = _check_comfy(args.comfy)
     options = RunOptions(
         device=args.device,
         dtype=args.dtype,
         offload=args.offload,
+        comfy=comfy,
         output_dir=Path(args.out),
         extra={"models_dirs": list(args.models_dir), "extra_model_paths": args.extra_model_paths},
     )
@@ -202,6 +209,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     for path in result.files:
         print(path)
     return EXIT_OK
+
+
+def _check_comfy(version: str | None) -> str:
+    """--comfy VERSION as its canonical name ("" when not given); a usage error when unknown."""
+    if version is None:
+        return ""
+    from .comfy.versions import resolve_comfy_version
+
+    try:
+        return resolve_comfy_version(version)
+    except ValueError as exc:
+        raise CliError(f"--comfy: {exc}") from None
 
 
 def _check_device(device: str | None) -> None:

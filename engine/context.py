@@ -20,7 +20,12 @@ class RunOptions:
     dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
     offload: bool = False  # move model parts to the GPU only while they run (small GPUs)
     output_dir: Path = Path("output")
+    comfy: str = ""  # ComfyUI version to follow (engine/comfy/versions.py); "" = the graph's, else the default
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Paths may be given as strings (RunOptions(output_dir="out")).
+        self.output_dir = Path(self.output_dir)
 
 
 class Context:
@@ -53,6 +58,12 @@ class Context:
     def output_dir(self) -> Path:
         return self.options.output_dir
 
+    @property
+    def comfy_version(self) -> str:
+        """The ComfyUI version whose behaviour this run follows (see ``graphrun.engine.comfy.versions``):
+        the run option, else the graph's ``comfy:`` setting, else the default."""
+        return effective_comfy_version(self.options, self.graph)
+
     def check_interrupt(self) -> None:
         if self._stop.is_set():
             raise Interrupted(f"interrupted in node '{self.node_id}'")
@@ -64,3 +75,12 @@ class Context:
 
     def warn(self, message: str) -> None:
         warnings.warn(f"node '{self.node_id}' ({self.node_type}): {message}", stacklevel=2)
+
+
+def effective_comfy_version(options: RunOptions, graph: Any = None) -> str:
+    """The ComfyUI version a run follows: ``options.comfy``, else the graph document's ``comfy:``,
+    else the default (canonical name)."""
+    from .comfy.versions import resolve_comfy_version
+
+    document = getattr(graph, "document", None)
+    return resolve_comfy_version(options.comfy or getattr(document, "comfy", "") or None)

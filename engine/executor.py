@@ -15,7 +15,7 @@ from typing import Any
 import networkx as nx
 
 from .cache import DEFAULT_BUDGET, ResultCache
-from .context import Context, Interrupted, RunOptions
+from .context import Context, Interrupted, RunOptions, effective_comfy_version
 from .progress import Event, Reporter, quiet
 from .validate import BoundGraph, BoundNode, needed_nodes
 
@@ -89,6 +89,8 @@ class RunResult:
     cached: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    """Node id -> cache key of its outputs (``Runner.cache.get(key)`` while they stay cached)."""
 
     @property
     def files(self) -> list[Path]:
@@ -165,6 +167,8 @@ class Runner:
         values: dict[str, tuple[Any, ...]] = {}
         remaining = dict(plan.consumers)
         run_salt = uuid.uuid4().hex
+        # The ComfyUI version followed changes what nodes compute, so it is part of every key.
+        behaviour = f"comfy={effective_comfy_version(self.options, graph)}"
         total = len(plan.order)
         for index, node_id in enumerate(plan.order, 1):
             if self._stop.is_set():
@@ -172,9 +176,10 @@ class Runner:
             node = graph.nodes[node_id]
             spec = node.spec
             # Non-cacheable nodes get a per-run salt, so they and everything after them re-run.
-            salt = "" if spec.cacheable else run_salt
+            salt = behaviour if spec.cacheable else f"{behaviour}|{run_salt}"
             key = cache_key(node, keys, salt)
             keys[node_id] = key
+            result.keys[node_id] = key
             outputs = self.cache.get(key) if spec.cacheable else None
             if outputs is not None:
                 result.cached.append(node_id)

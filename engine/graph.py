@@ -238,6 +238,7 @@ class Document:
     raw: Any
     problems: list[Diagnostic] = field(default_factory=list)  # structural problems found while parsing
     origins: dict[str, str] = field(default_factory=dict)  # node id -> where it came from (e.g. a ComfyUI node)
+    comfy: str = ""  # the ComfyUI version the graph asks to follow (top-level `comfy:`); "" = not set
 
     @property
     def file(self) -> str | None:
@@ -424,21 +425,47 @@ def document_from_data(data: Any, source: SourceMap | None = None) -> Document:
             )
         )
         return Document("untitled", "", {}, {}, source, data, problems)
-    unknown = [k for k in data if k not in ("graph", "description", "params", "nodes")]
+    unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
     for key in unknown:
-        hint = did_you_mean(str(key), ["graph", "description", "params", "nodes"])
+        hint = did_you_mean(str(key), list(TOP_LEVEL_KEYS))
         problems.append(
             Diagnostic(
                 "GR002",
                 f"unknown top-level key {key!r}",
-                hint=hint or "a document has graph, description, params and nodes",
+                hint=hint or "a document has graph, description, comfy, params and nodes",
                 **source.locate((key,)),
             )
         )
     name = data.get("graph") or (Path(source.file).stem if source.file else "untitled")
     params = _parse_params(data.get("params"), source, problems)
     nodes = _parse_nodes(data.get("nodes"), source, problems)
-    return Document(str(name), str(data.get("description") or ""), params, nodes, source, data, problems)
+    comfy = _parse_comfy(data.get("comfy"), source, problems)
+    return Document(
+        str(name), str(data.get("description") or ""), params, nodes, source, data, problems, comfy=comfy
+    )
+
+
+TOP_LEVEL_KEYS = ("graph", "description", "comfy", "params", "nodes")
+
+
+def _parse_comfy(value: Any, source: SourceMap, problems: list[Diagnostic]) -> str:
+    """The top-level ``comfy:`` setting: which ComfyUI version's behaviour the graph follows."""
+    from .comfy.versions import COMFY_VERSIONS, resolve_comfy_version
+
+    if value is None or value == "":
+        return ""
+    try:
+        return resolve_comfy_version(str(value))
+    except ValueError as exc:
+        problems.append(
+            Diagnostic(
+                "GR002",
+                str(exc),
+                hint="write for example  comfy: \"" + next(iter(COMFY_VERSIONS)) + "\"",
+                **source.locate(("comfy",)),
+            )
+        )
+        return ""
 
 
 def load_document(doc: Union[str, Path, dict]) -> Document:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .comfy.versions import COMFY_VERSIONS, DEFAULT_COMFY_VERSION
 from .graph import PARAM_TYPES
 from .node import InputSpec, NodeSpec, Registry
 
@@ -54,6 +55,11 @@ def document_schema(registry: Registry) -> dict[str, Any]:
         "properties": {
             "graph": {"type": "string"},
             "description": {"type": "string"},
+            "comfy": {
+                "enum": list(COMFY_VERSIONS),
+                "description": "the ComfyUI version whose behaviour the graph follows (default "
+                + DEFAULT_COMFY_VERSION + ")",
+            },
             "params": {
                 "type": "object",
                 "additionalProperties": {

@@ -145,7 +145,8 @@ def to_uint8(image: Any):
 
 def _metadata(ctx: Context) -> Any:
     """PNG text chunks: `prompt` (the graph as a ComfyUI API prompt, so the image opens in ComfyUI and
-    `graphrun IMAGE.png` re-runs it) and `graphrun` (the graph document with the params used)."""
+    `graphrun IMAGE.png` re-runs it) and `graphrun` (the graph document with the params used, and the
+    ComfyUI version whose behaviour the run followed, `comfy`)."""
     from PIL.PngImagePlugin import PngInfo
 
     from graphrun.engine.comfy.export import graph_to_api
@@ -155,7 +156,8 @@ def _metadata(ctx: Context) -> Any:
     if graph is not None:
         doc = graph.document
         info.add_text("prompt", json.dumps(graph_to_api(graph), default=str))
-        info.add_text("graphrun", json.dumps({"graph": doc.raw, "params": graph.params}, default=str))
+        record = {"graph": doc.raw, "params": graph.params, "comfy": ctx.comfy_version}
+        info.add_text("graphrun", json.dumps(record, default=str))
     return info
 
 

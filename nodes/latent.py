@@ -37,14 +37,16 @@ class LatentValue:
     ),
 )
 def empty_latent(
-    width: Annotated[int, Field(ge=16, le=16384, multiple_of=16, description="image width in pixels")] = 1024,
-    height: Annotated[int, Field(ge=16, le=16384, multiple_of=16, description="image height in pixels")] = 1024,
+    width: Annotated[int, Field(ge=16, le=16384, description="image width in pixels")] = 1024,
+    height: Annotated[int, Field(ge=16, le=16384, description="image height in pixels")] = 1024,
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 1,
     channels: Literal[16, 4] = 16,
 ) -> Latent:
     """An all-zero latent for width x height pixels: [batch, 16, height/8, width/8].
 
-    Z-Image needs width and height in multiples of 16. `channels: 4` reproduces ComfyUI's
+    Any size ComfyUI accepts works: the latent side is the pixel side // 8 and a latent side that is
+    not a multiple of the transformer's patch size is padded for the model and cropped back, as
+    ComfyUI does (200x296 gives a 200x296 image). `channels: 4` reproduces ComfyUI's
     EmptyLatentImage (expanded to 16 channels by the sampler, as ComfyUI does).
     """
     import torch

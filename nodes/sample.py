@@ -31,6 +31,12 @@ Cfg = Annotated[float, Field(ge=0.0, le=100.0, description="classifier-free guid
 Denoise = Annotated[float, Field(ge=0.0, le=1.0, description="< 1 runs `steps` steps on the tail of a longer schedule")]
 
 
+def cpu_seed_offset(comfy_version: str) -> int:
+    """The CPU seed offset of ComfyUI's ``default_noise_sampler`` in that ComfyUI version: 1 since
+    v0.7.0 (commit 1e4e342f), 0 in October 2025. On CUDA ComfyUI seeds with the seed itself."""
+    return 0 if comfy_version == "2025.10" else 1
+
+
 def _progress(ctx: Context):
     return lambda info: ctx.progress(info.i + 1, info.total)
 
@@ -69,7 +75,7 @@ def sampler(
     with handle.ready() as denoiser:
         samples = ksampler(
             denoiser, seed, steps, cfg, sampler, scheduler, positive, negative, latent.samples, denoise,
-            batch_index=latent.batch_index, callback=_progress(ctx),
+            batch_index=latent.batch_index, callback=_progress(ctx), cpu_seed_offset=cpu_seed_offset(ctx.comfy_version),
         )
     return LatentValue(samples, latent.batch_index)
 
@@ -108,7 +114,7 @@ def sampler_advanced(
         samples = ksampler_advanced(
             denoiser, add_noise == "enable", noise_seed, steps, cfg, sampler, scheduler, positive, negative,
             latent.samples, start_at_step, end_at_step, return_with_leftover_noise == "enable",
-            batch_index=latent.batch_index, callback=_progress(ctx),
+            batch_index=latent.batch_index, callback=_progress(ctx), cpu_seed_offset=cpu_seed_offset(ctx.comfy_version),
         )
     return LatentValue(samples, latent.batch_index)
 
@@ -141,7 +147,7 @@ def _sample_with_guider(ctx: Context, guider: GuiderValue, noise: Any, sampler: 
     with guider.model.ready() as denoiser:
         output, denoised = sample_custom(
             guider.build(denoiser), noise, sampler, sigmas, latent.samples,
-            batch_index=latent.batch_index, callback=_progress(ctx),
+            batch_index=latent.batch_index, callback=_progress(ctx), cpu_seed_offset=cpu_seed_offset(ctx.comfy_version),
         )
     return SampledLatents(LatentValue(output, latent.batch_index), LatentValue(denoised, latent.batch_index))
 

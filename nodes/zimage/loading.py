@@ -87,6 +87,11 @@ class ZImageParts:
     offloaded: bool = False
     source: str = ""
 
+    def __post_init__(self) -> None:
+        from .qk_norm import use_comfy_qk_norm
+
+        use_comfy_qk_norm(self.transformer)
+
 
 _DTYPE_NAMES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,

@@ -15,6 +15,7 @@ from .base import (
     StepCallback,
     StepInfo,
     default_noise_sampler,
+    denoise_with_uncond,
     resolve_model_sampling,
 )
 
@@ -104,9 +105,11 @@ def sample_res_multistep(
     s_noise: float = 1.0,
     noise_sampler: NoiseSampler | None = None,
     cpu_seed_offset: int = COMFY_CPU_SEED_OFFSET,
+    cfg_pp: bool = False,
 ) -> Tensor:
     """Second-order multistep RES solver (Zhang et al. 2023, arXiv:2308.02157)."""
-    # eta > 0 is ComfyUI's res_multistep_ancestral (VE ancestral step even for flow models).
+    # eta > 0 is ComfyUI's res_multistep_ancestral (VE ancestral step even for flow models); cfg_pp
+    # its *_cfg_pp variants, which step with the unconditional prediction (samplers.multistep).
     if eta > 0 and noise_sampler is None:
         noise_sampler = default_noise_sampler(x, seed, cpu_seed_offset)
     s_in = x.new_ones([x.shape[0]])
@@ -115,13 +118,20 @@ def sample_res_multistep(
     old_sigma_down: Tensor | None = None
     for i in range(total):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = model(x, sigma * s_in)
+        # The step is built on `uncond`: the unconditional prediction for CFG++, else the guided one.
+        if cfg_pp:
+            denoised, uncond = denoise_with_uncond(model, x, sigma * s_in)
+        else:
+            denoised = uncond = model(x, sigma * s_in)
         sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
         if callback is not None:
             callback(StepInfo(i, total, float(sigma), x, denoised))
         if old_denoised is None or sigma_down == 0:
-            d = (x - denoised) / sigma
-            x = x + d * (sigma_down - sigma)
+            if cfg_pp:
+                x = denoised + (x - uncond) / sigma * sigma_down
+            else:
+                d = (x - denoised) / sigma
+                x = x + d * (sigma_down - sigma)
         else:
             assert old_sigma_down is not None
             t, t_old = sigma.log().neg(), old_sigma_down.log().neg()
@@ -132,14 +142,16 @@ def sample_res_multistep(
             phi2 = (phi1 - 1.0) / -h
             b1 = torch.nan_to_num(phi1 - phi2 / c2, nan=0.0)
             b2 = torch.nan_to_num(phi2 / c2, nan=0.0)
+            if cfg_pp:
+                x = x + (denoised - uncond)
             # exp(-h) rather than sigma_down/sigma: the two differ in the last bits.
-            x = h.neg().exp() * x + h * (b1 * denoised + b2 * old_denoised)
+            x = h.neg().exp() * x + h * (b1 * uncond + b2 * old_denoised)
         # With eta 0 sigma_up is 0: ComfyUI still draws noise and multiplies it by 0; skipping the
         # draw gives the same result without the cost.
         if eta > 0 and sigma_next > 0:
             assert noise_sampler is not None
             x = x + noise_sampler(sigma, sigma_next) * s_noise * sigma_up
-        old_denoised = denoised
+        old_denoised = uncond
         old_sigma_down = sigma_down
     return x
 

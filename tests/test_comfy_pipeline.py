@@ -1,0 +1,118 @@
+"""End-to-end parity with real ComfyUI v0.18.1 on the tiny Z-Image files.
+
+``tests/data/comfy/v0.18.1/pipeline/`` holds workflows that real ComfyUI v0.18.1 ran on the CPU in
+float32 on the tiny model files copied beside them, the PNGs it wrote and per-node summaries of
+its outputs (``record.json``). graphrun runs each workflow from its API JSON on the same files.
+The two networks (diffusers' Z-Image and ComfyUI's NextDiT) are not bit-identical in float32, so
+the criterion is ComfyUI's: per PNG at least 99.9 % of the uint8 values identical and none off by
+more than 2; latents within 1e-4 relative and conditionings within 1e-5 of each node's summary.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import graphrun
+from graphrun.engine.context import RunOptions
+from graphrun.engine.executor import Runner
+
+PIPELINE = Path(__file__).parent / "data" / "comfy" / "v0.18.1" / "pipeline"
+WORKFLOWS = sorted(p.name for p in PIPELINE.iterdir() if (p / "workflow.api.json").exists())
+_COMFY_ID = re.compile(r"ComfyUI node (\S+) ")
+
+
+def pixel_agreement(reference: Path, produced: Path) -> tuple[float, int]:
+    """(fraction of identical uint8 values, max |difference|) of two PNGs of one size."""
+    a = np.asarray(Image.open(reference).convert("RGB"), dtype=np.int16)
+    b = np.asarray(Image.open(produced).convert("RGB"), dtype=np.int16)
+    assert a.shape == b.shape, f"{produced.name}: {b.shape[1]}x{b.shape[0]}, ComfyUI wrote {a.shape[1]}x{a.shape[0]}"
+    diff = np.abs(a - b)
+    return float((diff == 0).mean()), int(diff.max())
+
+
+def _close(actual: torch.Tensor, ref: dict[str, Any], rel: float, what: str) -> None:
+    assert list(actual.shape) == ref["shape"], f"{what}: shape {list(actual.shape)} != {ref['shape']}"
+    flat = actual.detach().double().reshape(-1)
+    scale = float(ref["abs_sum"]) or 1.0
+    assert abs(float(flat.sum()) - ref["sum"]) <= rel * scale, f"{what}: sum {float(flat.sum())} vs {ref['sum']}"
+    assert abs(float(flat.abs().sum()) - ref["abs_sum"]) <= rel * scale, f"{what}: abs_sum differs"
+    first = torch.tensor(ref["first16"], dtype=torch.float64)
+    bound = rel * (float(first.abs().max()) or 1.0)
+    assert float((flat[: len(first)] - first).abs().max()) <= bound, f"{what}: first values differ beyond {rel:g}"
+
+
+def _check_summaries(runner: Runner, bound: Any, result: Any, record: dict[str, Any]) -> int:
+    """Compare every LATENT and CONDITIONING output of the run with ComfyUI's summary; returns the
+    number of values compared."""
+    checked = 0
+    origins = bound.document.origins
+    for node_id, key in result.keys.items():
+        match = _COMFY_ID.match(origins.get(node_id, ""))
+        outputs = runner.cache.get(key)
+        if match is None or outputs is None or match.group(1) not in record["nodes"]:
+            continue
+        for slot, summaries in enumerate(record["nodes"][match.group(1)]["outputs"]):
+            for summary in summaries:
+                value = outputs[slot]
+                what = f"node {node_id} (ComfyUI {match.group(1)}) output {slot}"
+                if summary.get("type") == "LATENT":
+                    _close(value.samples, summary, 1e-4, what)
+                    checked += 1
+                elif summary.get("type") == "CONDITIONING":
+                    for entry, ref in zip(value.entries, summary["entries"]):
+                        _close(entry.tensor, ref, 1e-5, what)
+                        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_matches_comfyui(name: str, tmp_path: Path) -> None:
+    folder = PIPELINE / name
+    record = json.loads((folder / "record.json").read_text())
+    options = RunOptions(
+        output_dir=tmp_path,
+        extra={"models_dirs": [str(PIPELINE / "models")], "input_dirs": [str(PIPELINE / "inputs")]},
+    )
+    runner = Runner(options, cache_bytes=8 << 30)
+    graph = graphrun.load(folder / "workflow.api.json", runner=runner)
+    result = graph.run()
+    references = sorted(p for p in folder.rglob("*.png"))
+    produced = sorted(result.files)
+    assert [p.name for p in produced] == [p.name for p in references]
+    for ref, out in zip(references, produced):
+        identical, worst = pixel_agreement(ref, out)
+        assert identical >= 0.999 and worst <= 2, f"{name}/{out.name}: {identical:.4%} identical, max diff {worst}"
+    assert _check_summaries(runner, graph.bind(), result, record) > 0
+
+
+def test_october_2025_setting_reproduces_the_old_ancestral_noise(tmp_path: Path) -> None:
+    """``comfy: "2025.10"`` draws ancestral noise from the seed itself: against v0.18.1's PNG the
+    ancestral workflow then differs almost everywhere, and the setting is recorded in the PNG."""
+    folder = PIPELINE / "p3_turbo_euler_ancestral"
+    runs = {}
+    for version in ("0.18.1", "2025.10"):
+        options = RunOptions(output_dir=tmp_path / version, comfy=version,
+                             extra={"models_dirs": [str(PIPELINE / "models")]})
+        result = graphrun.load(folder / "workflow.api.json", runner=Runner(options)).run()
+        (png,) = result.files
+        runs[version] = pixel_agreement(folder / "p3_euler_a_00001_.png", png)
+        assert json.loads(Image.open(png).text["graphrun"])["comfy"] == version
+    assert runs["0.18.1"][0] >= 0.999
+    assert runs["2025.10"][0] < 0.5
+
+
+def test_graph_level_comfy_setting_and_bad_value(tmp_path: Path) -> None:
+    from graphrun.engine.graph import document_from_data
+
+    doc = {"graph": "g", "comfy": "2025.10", "nodes": {}}
+    assert document_from_data(doc).comfy == "2025.10"
+    bad = [d for d in document_from_data({**doc, "comfy": "0.18"}).problems if "ComfyUI version" in d.message]
+    assert [d.code for d in bad] == ["GR002"]
+    assert "unknown ComfyUI version '0.18'" in bad[0].message and "'0.18.1'" in bad[0].message
