@@ -7,7 +7,10 @@ A name like ``z_image_turbo_bf16.safetensors`` resolves, in order, as:
    ``extra_model_paths.yaml`` (given by ``--extra-model-paths`` or ``GRAPHRUN_EXTRA_MODEL_PATHS``).
 The kind folders follow ComfyUI's layout: ``diffusion_models/`` or ``unet/``,
 ``text_encoders/`` or ``clip/``, ``vae/``, ``loras/``, ``upscale_models/``.
-The models dir ``tiny`` stands for the built-in tiny random-weight Z-Image in ComfyUI layout.
+The models dir ``tiny`` stands for the built-in tiny random-weight Z-Image in ComfyUI layout. When no
+models dir is configured at all (no ``--models-dir``, no ``GRAPHRUN_MODELS``, no extra paths file),
+names resolve in ``tiny``, so shipped graphs and ComfyUI workflows run offline out of the box; a
+notice on stderr says the pictures are then noise.
 """
 from __future__ import annotations
 
@@ -81,11 +84,33 @@ def search_folders(kind: str, models_dirs: Iterable[str] = (), extra_paths_file:
     roots = list(models_dirs)
     env = os.environ.get("GRAPHRUN_MODELS", "")
     roots += [p for p in env.split(os.pathsep) if p]
-    folders = [_expand_tiny(root) / sub for root in roots for sub in KIND_FOLDERS[kind]]
     extra = extra_paths_file or os.environ.get("GRAPHRUN_EXTRA_MODEL_PATHS")
+    if not roots and not extra:
+        roots = ["tiny"]  # nothing configured: the built-in tiny model (see the module docs)
+    folders = [_expand_tiny(root) / sub for root in roots for sub in KIND_FOLDERS[kind]]
     if extra:
         folders += extra_model_paths(extra).get(kind, [])
     return folders
+
+
+_TINY_NOTICE_GIVEN = False
+
+
+def _tiny_notice(path: Path) -> None:
+    """Say once per process that a model file came from the tiny random-weight model."""
+    global _TINY_NOTICE_GIVEN
+    from .zimage.tiny import tiny_comfy_dir
+
+    if _TINY_NOTICE_GIVEN or not path.is_relative_to(tiny_comfy_dir()):
+        return
+    _TINY_NOTICE_GIVEN = True
+    import sys
+
+    print(
+        "graphrun: using the tiny random-weight model: pictures are noise "
+        "(give --models-dir DIR or set GRAPHRUN_MODELS for real weights)",
+        file=sys.stderr,
+    )
 
 
 def resolve_model_file(
@@ -100,6 +125,7 @@ def resolve_model_file(
     for folder in folders:
         candidate = folder / name
         if candidate.exists():
+            _tiny_notice(candidate)
             return candidate
     looked = [str(direct)] + [str(f / name) for f in folders]
     hint = (

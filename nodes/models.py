@@ -108,6 +108,12 @@ def _check_zimage_folder(literals: dict[str, Any], env: CheckEnv) -> list[Proble
     return []
 
 
+def no_lora(name: str) -> bool:
+    """True for the LoRA names that mean "no LoRA" ("" or "none"): the loader passes the model and
+    clip through unchanged, so a graph can offer an optional LoRA."""
+    return name.strip().lower() in ("", "none")
+
+
 def file_check(input_name: str, kind: str, allow_pickle: bool = False):
     """A validation-time check that a named model file resolves (and, unless ``allow_pickle``,
     is not a pickle file)."""
@@ -116,7 +122,7 @@ def file_check(input_name: str, kind: str, allow_pickle: bool = False):
         from .model_files import ModelFileNotFound, resolve_model_file
 
         name = literals.get(input_name, "")
-        if kind == "loras" and name.startswith("tiny:"):
+        if kind == "loras" and (name.startswith("tiny:") or no_lora(name)):
             return []
         if not allow_pickle and name.lower().endswith(_PICKLE_SUFFIXES):
             return [Problem(input_name, f"'{name}' is a pickle file; graphrun loads safetensors only",
@@ -263,7 +269,9 @@ def resolve_lora(ctx: Context, name: str) -> Path:
 def load_lora(
     ctx: Context,
     model: Model,
-    name: Annotated[str, Field(description="file in loras/, a path, or tiny:<layout> for the tiny test LoRAs")],
+    name: Annotated[
+        str, Field(description="file in loras/, a path, tiny:<layout> for the tiny test LoRAs, or '' / none for no LoRA")
+    ],
     strength_model: Annotated[float, Field(ge=-100.0, le=100.0)] = 1.0,
     clip: Clip | None = None,
     strength_clip: Annotated[float, Field(ge=-100.0, le=100.0)] = 1.0,
@@ -278,7 +286,7 @@ def load_lora(
     """
     from .lora import load_lora as read_lora, match_lora
 
-    if strength_model == 0 and strength_clip == 0:
+    if no_lora(name) or (strength_model == 0 and strength_clip == 0):
         return LoraOutputs(model, clip)
     lora = read_lora(resolve_lora(ctx, name))
     with warnings.catch_warnings(record=True) as caught:
