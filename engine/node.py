@@ -4,7 +4,9 @@ A node type is a plain Python function decorated with :func:`node`. Its signatur
 declaration: parameters annotated with a :class:`Socket` subclass are link-only inputs,
 parameters annotated with ``int``/``float``/``str``/``bool``/``Literal[...]`` (optionally
 wrapped in ``Annotated[..., Field(...)]`` for ranges and descriptions) are primitive inputs
-that take literals, ``$params`` or links. The return annotation gives the outputs: one type,
+that take literals, ``$params`` or links. ``Annotated[str, Choices(provider)]`` is a choice
+list that follows a registry: ``provider()`` is asked for the current values whenever the
+input is validated, described or put in a schema (so plugins can add values). The return annotation gives the outputs: one type,
 or a ``NamedTuple`` for several. The docstring is the help text users read with
 ``graphrun nodes NAME``.
 
@@ -21,9 +23,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any, Callable, ClassVar, Literal, get_args, get_origin
+from typing import Annotated, Any, Callable, ClassVar, Iterable, Literal, get_args, get_origin
 
-from pydantic import TypeAdapter
+from pydantic import AfterValidator, TypeAdapter
 from pydantic.fields import FieldInfo
 
 from .context import Context
@@ -50,6 +52,23 @@ REQUIRED: Any = inspect.Parameter.empty
 
 
 @dataclass(frozen=True)
+class Choices:
+    """A choice list read when it is used, not when the node is declared.
+
+    Write ``Annotated[str, Choices(provider)]``: ``provider()`` returns the values allowed right now
+    (for example the names in a registry that plugins add to), in the order users should see them.
+    Validation, ``graphrun nodes``, the JSON Schema and ComfyUI import all ask it at the time they
+    run, after plugins are loaded. The provider must be cheap and import nothing heavy: validation
+    calls it.
+    """
+
+    provider: Callable[[], Iterable[Any]]
+
+    def __call__(self) -> tuple[Any, ...]:
+        return tuple(self.provider())
+
+
+@dataclass(frozen=True)
 class InputSpec:
     """One input of a node type."""
 
@@ -60,15 +79,24 @@ class InputSpec:
     default: Any = REQUIRED
     optional: bool = False  # a socket input that may be left unconnected
     description: str = ""
-    choices: tuple[Any, ...] = ()
+    fixed_choices: tuple[Any, ...] = ()  # the values of a Literal[...] annotation
     constraints: dict[str, Any] = field(default_factory=dict)
+    live_choices: Choices | None = None  # a Choices provider, asked each time the choices are used
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED and not self.optional
 
+    @property
+    def choices(self) -> tuple[Any, ...]:
+        """The values this input accepts (empty: any value of its type); a live list is read now."""
+        return self.live_choices() if self.live_choices is not None else self.fixed_choices
+
     def adapter(self) -> TypeAdapter:
-        return _adapter(self.annotation)
+        """Validates a value; for live choices, against the choices as they are now."""
+        if self.live_choices is None:
+            return _adapter(self.annotation)
+        return _adapter(_with_current_choices(self.annotation, self.choices))
 
 
 @dataclass(frozen=True)
@@ -180,6 +208,20 @@ def _adapter(annotation: Any) -> TypeAdapter:
         return adapter
 
 
+def _no_choices(value: Any) -> Any:
+    raise ValueError("no values are available for this input (its registry is empty)")
+
+
+def _with_current_choices(annotation: Any, choices: tuple[Any, ...]) -> Any:
+    """``Annotated[str, Choices(...), Field(...)]`` -> ``Annotated[Literal[<choices now>], Field(...)]``."""
+    base, extras = annotation, ()
+    if get_origin(annotation) is Annotated:
+        base, *rest = get_args(annotation)
+        extras = tuple(e for e in rest if not isinstance(e, Choices))
+    allowed: Any = Literal[choices] if choices else Annotated[base, AfterValidator(_no_choices)]
+    return Annotated[(allowed, *extras)] if extras else allowed
+
+
 def _is_socket(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, Socket)
 
@@ -214,12 +256,15 @@ def _constraints(info: FieldInfo | None) -> dict[str, Any]:
 
 def _input_spec(fn_name: str, param: inspect.Parameter, hint: Any) -> InputSpec:
     info: FieldInfo | None = None
+    live: Choices | None = None
     base = hint
     if get_origin(hint) is Annotated:
         base, *extras = get_args(hint)
         for extra in extras:
             if isinstance(extra, FieldInfo):
                 info = extra
+            elif isinstance(extra, Choices):
+                live = extra
     base, optional = _strip_optional(base)
     description = (info.description if info and info.description else "") or ""
     default = param.default
@@ -227,16 +272,26 @@ def _input_spec(fn_name: str, param: inspect.Parameter, hint: Any) -> InputSpec:
         if default not in (REQUIRED, None):
             raise NodeDeclarationError(f"{fn_name}: socket input {param.name!r} can only default to None")
         return InputSpec(param.name, base.type_name, True, base, REQUIRED, optional or default is None, description)
+    if live is not None:
+        if base not in (str, int) or optional:
+            raise NodeDeclarationError(
+                f"{fn_name}: input {param.name!r}: Choices(...) annotates str or int, not {hint!r}"
+            )
+        return InputSpec(
+            param.name, "COMBO", False, hint, default, False, description,
+            constraints=_constraints(info), live_choices=live,
+        )
     prim = _primitive_name(base)
     if prim is None:
         raise NodeDeclarationError(
             f"{fn_name}: input {param.name!r} has annotation {hint!r}; use a Socket subclass, "
-            "int, float, str, bool or Literal[...]"
+            "int, float, str, bool, Literal[...] or Annotated[str, Choices(...)]"
         )
     type_name, choices = prim
     annotation = hint if not optional else base
     return InputSpec(
-        param.name, type_name, False, annotation, default, False, description, choices, _constraints(info)
+        param.name, type_name, False, annotation, default, False, description,
+        fixed_choices=choices, constraints=_constraints(info),
     )
 
 

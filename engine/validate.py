@@ -72,6 +72,26 @@ def _describe(spec: InputSpec) -> str:
     return ", ".join(parts)
 
 
+_LONG_CHOICE_LIST = 8  # a longer list is not spelt out in the message (the hint still has it)
+
+
+def _bad_value(
+    spec: NodeSpec, ispec: InputSpec, value: Any, origin: str, exc: ValidationError, node_id: str, where: dict[str, Any]
+) -> Diagnostic:
+    """GR009 for a literal that fails its input's type, range or choices (a misspelt choice gets a
+    did-you-mean)."""
+    choices = ispec.choices
+    message = f"value {value!r}{origin} is invalid: {_value_error(exc)}"
+    hint = f"expected {_describe(ispec)}"
+    if choices and exc.errors()[0].get("type") == "literal_error":
+        if len(choices) > _LONG_CHOICE_LIST:
+            message = f"value {value!r}{origin} is not one of the {len(choices)} choices of {spec.name}.{ispec.name}"
+        close = did_you_mean(str(value), [str(c) for c in choices])
+        if close:
+            hint = f"{close} (`graphrun nodes {spec.name}` lists the choices)"
+    return Diagnostic("GR009", message, node=node_id, input=ispec.name, hint=hint, **where)
+
+
 def resolve_params(doc: Document, overrides: dict[str, Any], diags: list[Diagnostic]) -> dict[str, Any]:
     """Param values: declared defaults, then overrides coerced to each param's type."""
     values = {name: decl.default for name, decl in doc.params.items()}
@@ -239,16 +259,7 @@ def _bind_node(
         try:
             literals[name] = ispec.adapter().validate_python(resolved)
         except ValidationError as exc:
-            diags.append(
-                Diagnostic(
-                    "GR009",
-                    f"value {resolved!r}{origin} is invalid: {_value_error(exc)}",
-                    node=node_id,
-                    input=name,
-                    hint=f"expected {_describe(ispec)}",
-                    **where,
-                )
-            )
+            diags.append(_bad_value(spec, ispec, resolved, origin, exc, node_id, where))
     for ispec in spec.inputs:
         if ispec.name in literals or ispec.name in links or ispec.name in entry.inputs:
             continue

@@ -177,16 +177,26 @@ def load_diffusion_model(
 ) -> Model:
     """Load a Z-Image transformer from one safetensors file (ComfyUI UNETLoader).
 
-    `weight_dtype` other than `default` is accepted for ComfyUI compatibility; graphrun keeps
-    the device's dtype policy (fp8 storage is not implemented) and says so.
+    Reads bf16/fp16/fp32 files and ComfyUI's quantized ones: fp8 (`*_fp8_e4m3fn`), scaled fp8
+    (`*_fp8_scaled`) and mixed precision (`comfy_quant` layers: float8_e4m3fn, float8_e5m2,
+    nvfp4, mxfp8), dequantized to the compute dtype exactly as ComfyUI v0.18.1 does. Formats
+    v0.18.1 cannot load (the int8 files of later versions) are refused with a clear error.
+
+    `weight_dtype` as in ComfyUI: `fp8_e4m3fn` and `fp8_e5m2` round the weights to that fp8
+    type (ComfyUI stores the model in it; a mixed-precision file keeps its Linear layers) and
+    computation stays in the compute dtype. The weights are held dequantized, so fp8 saves no
+    memory here; `fp8_e4m3fn_fast` (fp8 matrix multiplication on recent GPUs) computes like
+    `fp8_e4m3fn`.
     """
     from .zimage.loading import load_transformer_file
     from .zimage.network import ZImageDenoiser
 
-    if weight_dtype != "default":
-        ctx.warn(f"weight_dtype {weight_dtype} is not supported; using {ctx.options.dtype or 'the default dtype'}")
     device, dtype = _device_dtype(ctx)
-    transformer = load_transformer_file(_resolve(ctx, name, "diffusion_models"), device, dtype)
+    if weight_dtype == "fp8_e4m3fn_fast" and device.type == "cuda":
+        ctx.warn("weight_dtype fp8_e4m3fn_fast: fp8 matrix multiplication is not implemented; the weights are "
+                 f"rounded to fp8 as with fp8_e4m3fn and computation stays in {dtype}")
+    transformer = load_transformer_file(_resolve(ctx, name, "diffusion_models"), device, dtype,
+                                        weight_dtype=weight_dtype)
     return ModelHandle(ZImageDenoiser(transformer, device=device))
 
 

@@ -13,18 +13,17 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 from pydantic import Field
 
 from graphrun.engine.context import Context
-from graphrun.engine.node import Comfy, node
+from graphrun.engine.node import Choices, Comfy, node
 
 from .latent import LatentValue
+from .sampling.registry import sampler_names, scheduler_names
 from .types import Conditioning, Guider, Latent, Model, Noise, Sampler, Sigmas
 
 if TYPE_CHECKING:
     from .models import ModelHandle
 
-SamplerName = Literal["euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_2m_sde", "lcm", "ddim", "res_multistep"]
-SchedulerName = Literal[
-    "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic", "kl_optimal"
-]
+SamplerName = Annotated[str, Choices(sampler_names), Field(description="a registered sampler (plugins can add some)")]
+SchedulerName = Annotated[str, Choices(scheduler_names), Field(description="a registered scheduler (plugins can add some)")]
 Seed = Annotated[int, Field(ge=0, le=2**64 - 1, description="noise seed")]
 Steps = Annotated[int, Field(ge=1, le=10_000)]
 Cfg = Annotated[float, Field(ge=0.0, le=100.0, description="classifier-free guidance; 1 skips the negative")]

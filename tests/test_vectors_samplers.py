@@ -149,7 +149,7 @@ def _stage(kind: str, p: dict, toy: ToyDenoiser, latent: Tensor, cond_c: float, 
 
 def _check_noise_draws(run: Run, expected: list[dict]) -> None:
     x_like = torch.zeros(run.latent_shape)
-    if run.sampler_name == "res_multistep":
+    if run.sampler_name in ("res_multistep", "res_multistep_cfg_pp"):
         # ComfyUI draws these and multiplies them by sigma_up = 0; graphrun skips the draws. Check the
         # stream itself, and that the sampler needs none of it.
         draw = default_noise_sampler(x_like, run.seed, run.offset)
@@ -284,7 +284,7 @@ def test_registry_and_docstrings() -> None:
     for fn in SAMPLERS.values():
         assert fn.__doc__ and len(fn.__doc__.strip().splitlines()) == 1
     with pytest.raises(ValueError, match="unknown sampler"):
-        get_sampler("dpm_2")
+        get_sampler("dpm_3")
 
 
 def test_callback_exception_stops_sampling() -> None:

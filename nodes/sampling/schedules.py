@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .registry import BUILTIN_SCHEDULERS, DISCARD_PENULTIMATE_SIGMA_SAMPLERS, put_builtins_first, register_scheduler
+from .registry import SCHEDULERS as _SCHEDULER_TABLE
+
 __all__ = [
     "DISCARD_PENULTIMATE_SIGMA_SAMPLERS",
     "FLUX_LATENT",
@@ -26,6 +29,7 @@ __all__ = [
     "basic_scheduler_sigmas",
     "calculate_sigmas",
     "ksampler_sigmas",
+    "register_scheduler",
     "time_snr_shift",
 ]
 
@@ -249,7 +253,11 @@ def kl_optimal_scheduler(ms: FlowModelSampling, steps: int) -> Tensor:
     return sigmas
 
 
-SCHEDULERS: dict[str, SchedulerFn] = {
+SCHEDULERS: dict[str, SchedulerFn] = _SCHEDULER_TABLE
+"""Scheduler name -> function(model_sampling, steps), built-ins first in ComfyUI's order. The same
+dict as ``registry.SCHEDULERS``; plugins add to it with ``registry.register_scheduler``."""
+
+for _name, _fn in {
     "simple": simple_scheduler,
     "sgm_uniform": sgm_uniform_scheduler,
     "karras": karras_scheduler,
@@ -259,12 +267,9 @@ SCHEDULERS: dict[str, SchedulerFn] = {
     "normal": normal_scheduler,
     "linear_quadratic": linear_quadratic_scheduler,
     "kl_optimal": kl_optimal_scheduler,
-}
-"""Scheduler name -> function(model_sampling, steps), in ComfyUI's order."""
-
-DISCARD_PENULTIMATE_SIGMA_SAMPLERS: set[str] = {"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"}
-"""Samplers for which KSampler computes steps+1 sigmas and drops the penultimate one (samplers
-registered with ``discard_penultimate_sigma=True`` are added)."""
+}.items():
+    register_scheduler(_name)(_fn)
+put_builtins_first(SCHEDULERS, BUILTIN_SCHEDULERS)
 
 
 def calculate_sigmas(ms: FlowModelSampling, scheduler: str, steps: int) -> Tensor:

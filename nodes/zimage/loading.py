@@ -274,10 +274,14 @@ def _check_file(path: str | os.PathLike[str], what: str, example: str) -> Path:
 def _inspect(path: Path, what: str) -> _FileInfo:
     from safetensors import safe_open
 
+    from ..quantized import logical_shapes
+
     try:
         with safe_open(str(path), framework="pt") as handle:
             shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
             metadata = dict(handle.metadata() or {})
+            # Packed 4-bit weights: the architecture is inferred from the shapes the model sees.
+            shapes = logical_shapes(shapes, {k: handle.get_slice(k).get_dtype() for k in handle.keys()})
     except Exception as exc:  # safetensors raises its own SafetensorError (an Exception subclass)
         with open(path, "rb") as fh:
             head = fh.read(4)
@@ -570,11 +574,15 @@ def _from_single_file(cls: Any, mapping_fn: Any, state: dict[str, torch.Tensor],
 
 def load_transformer_file(
     path: str | os.PathLike[str], device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None, *, weight_dtype: str = "default",
 ) -> ZImageTransformer2DModel:
     """Load a Z-Image transformer from one safetensors file (e.g. ComfyUI's
     ``diffusion_models/z_image_turbo_bf16.safetensors``), through diffusers' single-file loader with
-    a local config inferred from the file's tensor shapes."""
+    a local config inferred from the file's tensor shapes.
+
+    Quantized files (fp8, scaled fp8, ComfyUI's mixed precision) are dequantized to ``dtype`` as
+    ComfyUI does; ``weight_dtype`` is UNETLoader's option (see ``graphrun.nodes.quantized``)."""
+    from ..quantized import dequantize_checkpoint
     from diffusers import ZImageTransformer2DModel
     from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 
@@ -585,7 +593,8 @@ def load_transformer_file(
     _require_kind(info, "transformer", "diffusion model")
     config = infer_transformer_config(info.shapes, info.extra_config())
     prefix = _strip(info.shapes, _TRANSFORMER_PREFIXES)
-    state = _load_tensors(info, prefix, what)
+    state = dequantize_checkpoint(_load_tensors(info, prefix, what), info.metadata, p, what, dt, prefix=prefix,
+                                  weight_dtype=weight_dtype)
     # Some exports carry an unused top-level 'norm_final.weight'; diffusers' converter drops it too.
     state.pop("norm_final.weight", None)
     model = _from_single_file(ZImageTransformer2DModel, convert_z_image_transformer_checkpoint_to_diffusers,
@@ -601,6 +610,8 @@ def load_vae_file(
     """Load the Flux VAE from one safetensors file (e.g. ComfyUI's ``vae/ae.safetensors``), through
     diffusers' single-file loader with a local config inferred from the file's tensor shapes."""
     from diffusers import AutoencoderKL
+
+    from ..quantized import dequantize_checkpoint
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     what = "VAE file"
@@ -615,7 +626,8 @@ def load_vae_file(
             f"Flux VAE (ae.safetensors)."
         )
     prefix = _strip(info.shapes, _VAE_PREFIXES)
-    state = _load_tensors(info, prefix, what)
+    state = dequantize_checkpoint(_load_tensors(info, prefix, what), info.metadata, p, what, dt, prefix=prefix,
+                                  allow_quantized=False)
     model = _from_single_file(AutoencoderKL, convert_ldm_vae_checkpoint, state, config, dt, p, what,
                               "the Flux VAE architecture")
     _place(model, dev, dt)
@@ -668,8 +680,12 @@ def load_text_encoder_file(
     ``text_encoders/qwen_3_4b.safetensors``) and find its tokenizer (see ``find_tokenizer``).
 
     The weights are stored in ``dtype``; computation is always float32 (``ensure_fp32_compute``).
+    Quantized layers (ComfyUI's fp8/mixed files) stay quantized and are dequantized in float32 at
+    each call, as ComfyUI does (``graphrun.nodes.quantized.QuantizedLinear``).
     """
     from accelerate import init_empty_weights
+
+    from ..quantized import install_quantized_linears, split_checkpoint
     from transformers import Qwen3Config, Qwen3Model
 
     what = "Text encoder file"
@@ -688,8 +704,11 @@ def load_text_encoder_file(
     state = _load_tensors(info, prefix, what)
     # A causal-LM export also has the output head; the encoder does not use it.
     state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
+    checkpoint = split_checkpoint(state, info.metadata, p, what, dt, prefix=prefix)
+    state = checkpoint.tensors
     with init_empty_weights():
         model = Qwen3Model(Qwen3Config(**config))
+    install_quantized_linears(model, checkpoint.quantized, p, what)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:

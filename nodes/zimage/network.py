@@ -48,6 +48,9 @@ class ZImageDenoiser:
         latent_format: Any | None = None,
         device: torch.device | str | None = None,
     ) -> None:
+        from .qk_norm import use_comfy_qk_norm
+
+        use_comfy_qk_norm(transformer)  # ComfyUI's q/k RMSNorm, whichever loader built the transformer
         self.transformer = transformer
         self._model_sampling = model_sampling
         self._latent_format = latent_format

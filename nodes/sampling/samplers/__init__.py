@@ -7,7 +7,9 @@ A sampler is registered by decorating its function (see ``base`` for the signatu
 
 The modules of this package group ComfyUI's samplers by method; a plugin registers its own the same
 way, and the sampler then appears in KSampler's and KSamplerSelect's choices, in validation, in
-``graphrun nodes`` and in the JSON Schema.
+``graphrun nodes`` and in the JSON Schema. ``register_sampler`` and the name list live in the torch-free
+``graphrun.nodes.sampling.registry`` (re-exported here); a built-in sampler's name must also be listed
+in ``registry.BUILTIN_SAMPLERS``, which validation reads without importing this package.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from typing import Any
 
 from torch import Tensor
 
-from ..schedules import DISCARD_PENULTIMATE_SIGMA_SAMPLERS, FlowModelSampling
+from ..registry import BUILTIN_SAMPLERS, put_builtins_first, register_sampler, sampler_names
+from ..registry import SAMPLERS as _SAMPLER_TABLE
+from ..schedules import FlowModelSampling
 from .base import (
     COMFY_CPU_SEED_OFFSET,
     BrownianTreeNoiseSampler,
@@ -50,44 +54,10 @@ __all__ = [
     "sampler_names",
 ]
 
-SAMPLERS: dict[str, SamplerFn] = {}
+SAMPLERS: dict[str, SamplerFn] = _SAMPLER_TABLE
 """Sampler name (ComfyUI's) -> sampler function, in registration order (ComfyUI's list order for
-the built-ins)."""
-
-
-def register_sampler(
-    name: str, *, discard_penultimate_sigma: bool = False, replace: bool = False
-) -> Callable[[SamplerFn], SamplerFn]:
-    """Register the decorated function as sampler ``name``.
-
-    ``discard_penultimate_sigma``: KSampler computes ``steps + 1`` sigmas and drops the penultimate
-    one for this sampler (ComfyUI does so for dpm_2, dpm_2_ancestral, uni_pc, uni_pc_bh2). A name that
-    is taken is an error unless ``replace``; the function needs a one-line docstring (the help text).
-    """
-
-    def decorate(fn: SamplerFn) -> SamplerFn:
-        if name in SAMPLERS and not replace and SAMPLERS[name] is not fn:
-            raise ValueError(
-                f"sampler {name!r} is already registered by {_origin(SAMPLERS[name])}; "
-                f"{_origin(fn)} cannot register it again (pick another name)"
-            )
-        if not (fn.__doc__ or "").strip():
-            raise ValueError(f"sampler {name!r} ({_origin(fn)}) needs a docstring: it is the sampler's help text")
-        SAMPLERS[name] = fn
-        if discard_penultimate_sigma:
-            DISCARD_PENULTIMATE_SIGMA_SAMPLERS.add(name)
-        return fn
-
-    return decorate
-
-
-def sampler_names() -> list[str]:
-    """Registered sampler names, built-ins first in ComfyUI's order."""
-    return list(SAMPLERS)
-
-
-def _origin(fn: Any) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+the built-ins). The same dict as ``registry.SAMPLERS``: registration lives in the torch-free
+``graphrun.nodes.sampling.registry`` so that validation can list the names without torch."""
 
 
 @dataclass(frozen=True)
@@ -134,16 +104,7 @@ def get_sampler(name: str, options: Mapping[str, Any] | None = None) -> Sampler:
     return Sampler(name, tuple(sorted((options or {}).items())))
 
 
-COMFY_SAMPLER_ORDER = (
-    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
-    "exp_heun_2_x0", "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive",
-    "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m",
-    "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
-    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "res_multistep",
-    "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
-    "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver",
-    "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
-)
+COMFY_SAMPLER_ORDER = BUILTIN_SAMPLERS
 """ComfyUI v0.18.1's ``KSampler.SAMPLERS``, the order of the built-in choice list."""
 
 
@@ -151,11 +112,7 @@ def _load_builtins() -> None:
     # Each module registers its samplers on import; the dict is then put in ComfyUI's order.
     from . import classic, dpm_solver, exponential, multistep, sde, single_step, unipc  # noqa: F401
 
-    builtins = {name: SAMPLERS.pop(name) for name in COMFY_SAMPLER_ORDER if name in SAMPLERS}
-    others = dict(SAMPLERS)
-    SAMPLERS.clear()
-    SAMPLERS.update(builtins)
-    SAMPLERS.update(others)
+    put_builtins_first(SAMPLERS, COMFY_SAMPLER_ORDER)
 
 
 _load_builtins()

@@ -200,15 +200,19 @@ def sample_ipndm_v(
 
 _DEIS_EPS_S = 1e-3
 _DEIS_SIGMA_MIN = 0.002
-_DEIS_SIGMA_MAX = 80.0
+_DEIS_SIGMA_MAX = 80
 _DEIS_POINTS = 10000
 """DEIS maps sigmas to the time of the EDM-fitted VP schedule (eps_s 1e-3, sigma in [0.002, 80]) and
 integrates its weights with a 10000-point Riemann sum, as ComfyUI's table mode ('tab') does."""
 
 
-def _np_log(value: Tensor) -> Tensor:
-    # NumPy's float32 log, not torch's: the reference computes these two constants with np.log.
-    return torch.from_numpy(np.asarray(np.log(value.numpy())))
+def _vp_log_terms() -> tuple[Tensor, Tensor]:
+    """log(1 + sigma_min^2) and log(1 + sigma_max^2), computed as ComfyUI computes them (with NumPy's
+    log): the first in float32, the second in float64 (its sigma_max is the integer 80). The float64
+    one makes the VP betas float64 0-dim tensors, which changes the rounding of what follows."""
+    log_min = np.log((torch.tensor(_DEIS_SIGMA_MIN) ** 2 + 1).numpy())
+    log_max = np.log(np.asarray(_DEIS_SIGMA_MAX**2 + 1))
+    return torch.from_numpy(np.asarray(log_min)), torch.from_numpy(np.asarray(log_max))
 
 
 def deis_coefficients(sigmas: Tensor, max_order: int) -> list[list[Tensor]]:
@@ -219,8 +223,7 @@ def deis_coefficients(sigmas: Tensor, max_order: int) -> list[list[Tensor]]:
     # that graph); it needs grad mode even when sampling runs under inference or no-grad mode.
     with torch.inference_mode(False), torch.enable_grad():
         sigmas = sigmas.detach().cpu().clone()
-        log_min = _np_log(torch.tensor(_DEIS_SIGMA_MIN) ** 2 + 1)
-        log_max = _np_log(torch.tensor(_DEIS_SIGMA_MAX) ** 2 + 1)
+        log_min, log_max = _vp_log_terms()
         beta_d = 2 * (log_min / _DEIS_EPS_S - log_max) / (_DEIS_EPS_S - 1)
         beta_min = log_max - 0.5 * beta_d
         times = ((beta_min**2 + 2 * beta_d * (sigmas**2 + 1).log()).sqrt() - beta_min) / beta_d

@@ -97,7 +97,7 @@ def sample_heunpp2(
     callback: StepCallback | None = None,
     model_sampling: FlowModelSampling | None = None,
 ) -> Tensor:
-    """Heun++: Heun's method with a third evaluation and sigma-weighted slopes (sd-webui-samplers-scheduler)."""
+    """Heun++: Heun's method with a third evaluation and sigma-weighted slopes (Carzit, MIT)."""
     # Up to three model calls per step (the next two sigmas); the weights are sigma / (k * sigmas[0]).
     # ComfyUI draws (and discards) one randn_like(x) from the global generator per step for its
     # unused churn option; graphrun draws nothing, which changes no result.
@@ -208,7 +208,9 @@ def sample_dpm_2_ancestral(
     return x
 
 
-def _flow_ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _flow_ancestral_step(
+    sigma: Tensor, sigma_next: Tensor, eta: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     # Rectified-flow ancestral step: (sigma_down, alpha_next, alpha_down, renoise_coeff).
     downstep_ratio = 1 + (sigma_next / sigma - 1) * eta
     sigma_down = sigma_next * downstep_ratio
@@ -302,9 +304,11 @@ def sample_dpmpp_2s_ancestral_cfg_pp(
             r = 1 / 2
             h = t_next - t
             s = t + r * h
-            x_2 = (s.neg().exp() / t.neg().exp()) * (x + (denoised - uncond_denoised)) - (-h * r).expm1() * denoised
+            x_cfg_pp = x + (denoised - uncond_denoised)
+            x_2 = (s.neg().exp() / t.neg().exp()) * x_cfg_pp - (-h * r).expm1() * denoised
             denoised_2, uncond_denoised = denoise_with_uncond(model, x_2, s.neg().exp() * s_in)
-            x = (t_next.neg().exp() / t.neg().exp()) * (x + (denoised - uncond_denoised)) - (-h).expm1() * denoised_2
+            x_cfg_pp = x + (denoised - uncond_denoised)
+            x = (t_next.neg().exp() / t.neg().exp()) * x_cfg_pp - (-h).expm1() * denoised_2
         if sigma_next > 0:
             x = x + noise_sampler(sigma, sigma_next) * s_noise * sigma_up
     return x
@@ -341,7 +345,9 @@ def sample_ddpm(
     return x
 
 
-def _ddpm_step(x: Tensor, sigma: Tensor, sigma_prev: Tensor, eps: Tensor, noise_sampler: NoiseSampler) -> Tensor:
+def _ddpm_step(
+    x: Tensor, sigma: Tensor, sigma_prev: Tensor, eps: Tensor, noise_sampler: NoiseSampler
+) -> Tensor:
     # One DDPM posterior step from alpha_cumprod(sigma) to alpha_cumprod(sigma_prev), VP-scaled x.
     alpha_cumprod = 1 / ((sigma * sigma) + 1)
     alpha_cumprod_prev = 1 / ((sigma_prev * sigma_prev) + 1)

@@ -1,0 +1,498 @@
+"""Quantized single-file checkpoints, read the way ComfyUI v0.18.1 reads them.
+
+ComfyUI's model files come in several precisions. This module recognises each layout from the
+safetensors keys, dtypes and header metadata, and turns the weights back into ordinary tensors in
+the compute dtype with exactly the arithmetic ComfyUI v0.18.1 uses on the CPU (comfy-kitchen's
+eager kernels: the same dtype conversions, the same multiplication order), so the weights match
+ComfyUI's bit for bit. Scale tensors and per-layer metadata are consumed here and never reach the
+model's key mapping.
+
+Layouts that load:
+
+* **plain fp8** (``*_fp8_e4m3fn.safetensors``): weights stored as ``float8_e4m3fn`` or
+  ``float8_e5m2`` with no scales. They are cast to the compute dtype, which is exact.
+* **scaled fp8, legacy** (``*_fp8_scaled.safetensors``): a ``scaled_fp8`` marker tensor plus
+  ``<layer>.scale_weight`` (and optionally ``<layer>.scale_input``). ComfyUI converts these to
+  mixed-precision layers of format ``float8_e4m3fn`` (whatever the marker's dtype), and so does
+  graphrun.
+* **mixed precision** (``*_fp8_mixed``, ``*_fp4_mixed``, ``*_nvfp4``, ``*_mxfp8`` files): a
+  ``<layer>.comfy_quant`` tensor (JSON bytes, e.g. ``{"format": "float8_e4m3fn"}``) per quantized
+  layer, or the same per-layer configs in the header's ``_quantization_metadata``. The formats
+  ComfyUI v0.18.1 knows (its ``QUANT_ALGOS``), and how each dequantizes to dtype ``d``:
+
+  - ``float8_e4m3fn`` / ``float8_e5m2``: ``weight.to(d) * weight_scale.to(float32).to(d)`` with one
+    scale per tensor;
+  - ``nvfp4``: 4-bit E2M1 codes, two per byte (high nibble first), in blocks of 16 with a
+    float8_e4m3fn scale per block (``weight_scale``, in cuBLAS' swizzled tile layout) and a
+    float32 per-tensor scale (``weight_scale_2``): ``code_value * (weight_scale_2.to(d) *
+    block_scale.to(d))``;
+  - ``mxfp8``: float8_e4m3fn values in blocks of 32 with a power-of-two E8M0 scale per block
+    (swizzled the same way), multiplied in float32 and then cast to ``d``.
+
+  ``input_scale`` only matters for fp8 matrix multiplication on GPUs, which ComfyUI does not use
+  on the CPU; it is read and ignored.
+
+Refused, with one error that names the file, a layer and the format: the int8 formats of later
+ComfyUI versions (``int8_tensorwise``, with or without ``convrot``, as in the official
+``z_image_turbo_int8_convrot.safetensors``; ``convrot_w4a4``; ``asym_w4a8_int8``), which ComfyUI
+v0.18.1 fails to load too; any other format; scales of a shape v0.18.1 cannot apply; scale tensors
+without the ``scaled_fp8`` marker or a ``comfy_quant`` config (ComfyUI would ignore them and load
+the weights wrong); 8-bit integer weights without a config; and any quantized tensor in a VAE file
+(ComfyUI's VAE loader applies no scales). A quantized layer must be a Linear layer, the only kind
+ComfyUI dequantizes.
+
+How the weights are held: the transformer's quantized layers are dequantized once, on load, into
+the compute dtype, which is what ComfyUI computes with (so a quantized file needs as much memory
+as a bf16 one; keeping fp8 weights with fp8 matrix multiplication is not implemented). The text
+encoder computes in float32 while its other weights are stored in a lower precision, so its
+quantized layers keep their compact form and are dequantized in float32 at each call
+(:class:`QuantizedLinear`), exactly as ComfyUI does, without rounding them to the storage dtype.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .zimage.loading import ModelLoadError
+
+#: The ``comfy_quant`` formats ComfyUI v0.18.1 can load; graphrun dequantizes all of them.
+SUPPORTED_FORMATS = ("float8_e4m3fn", "float8_e5m2", "nvfp4", "mxfp8")
+
+#: Formats ComfyUI added after v0.18.1 (int8 support arrived in June 2026, ComfyUI PR #14636).
+LATER_FORMATS = ("int8_tensorwise", "convrot_w4a4", "asym_w4a8_int8")
+
+#: ``weight_dtype`` values of ComfyUI's UNETLoader and the storage dtype each one rounds to.
+WEIGHT_DTYPES = {
+    "default": None,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+
+_FP8_STORAGE = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
+# Per-layer tensors each format reads besides the weight (ComfyUI's QUANT_ALGOS "parameters").
+_LAYER_TENSORS = {
+    "float8_e4m3fn": ("weight_scale", "input_scale"),
+    "float8_e5m2": ("weight_scale", "input_scale"),
+    "nvfp4": ("weight_scale", "weight_scale_2", "input_scale"),
+    "mxfp8": ("weight_scale", "input_scale"),
+}
+# Key suffixes that belong to a quantization layout, never to the model itself.
+_QUANT_SUFFIXES = ("comfy_quant", "weight_scale", "weight_scale_2", "input_scale", "scale_weight",
+                   "scale_input", "pre_quant_scale")
+_MARKER = "scaled_fp8"
+_METADATA_KEY = "_quantization_metadata"
+_NVFP4_BLOCK = 16
+_MXFP8_BLOCK = 32
+# The 16 values of a 4-bit E2M1 code (sign bit first).
+_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+_PLAIN_FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+# ---------------------------------------------------------------------------------------------
+# One quantized weight
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """One Linear layer's weight in a ComfyUI quantized format, with everything dequantizing needs.
+
+    ``data`` is in the format's storage dtype (float8 for the fp8 formats and mxfp8, packed uint8
+    for nvfp4); ``scale`` is the float32 per-tensor scale (fp8 formats, nvfp4's ``weight_scale_2``);
+    ``block_scale`` holds nvfp4's float8_e4m3fn or mxfp8's E8M0 (uint8) block scales in the
+    swizzled layout they are stored in. ``shape`` is the weight's logical (out, in) shape.
+    """
+
+    layer: str
+    format: str
+    data: torch.Tensor
+    scale: torch.Tensor | None
+    block_scale: torch.Tensor | None
+    shape: tuple[int, int]
+
+    def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
+        """The weight in ``dtype``, computed as ComfyUI v0.18.1 computes it on the CPU."""
+        return dequantize(self, dtype)
+
+
+def dequantize(weight: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
+    """Dequantize one weight to ``dtype`` with ComfyUI's operation order (see the module doc)."""
+    if weight.format in _FP8_STORAGE:
+        # Two roundings into dtype, then one product in dtype.
+        return weight.data.to(dtype) * weight.scale.to(dtype)
+    if weight.format == "nvfp4":
+        return _dequantize_nvfp4(weight, dtype)
+    if weight.format == "mxfp8":
+        return _dequantize_mxfp8(weight, dtype)
+    raise ValueError(weight.format)
+
+
+def _unswizzle(blocked: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """A (rows, cols) block-scale matrix from cuBLAS' tiled layout.
+
+    The padded matrix is cut into 128x4 tiles; each tile is stored as 32 runs of 16 values, run
+    ``r`` holding rows r, r+32, r+64, r+96 of the tile (4 columns each).
+    """
+    row_tiles, col_tiles = -(-rows // 128), -(-cols // 4)
+    tiles = blocked.reshape(row_tiles, col_tiles, 32, 4, 4)  # (tile row, tile col, r % 32, r // 32, col)
+    return tiles.permute(0, 3, 2, 1, 4).reshape(row_tiles * 128, col_tiles * 4)[:rows, :cols]
+
+
+def _dequantize_nvfp4(weight: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
+    packed = weight.data
+    table = torch.tensor(_E2M1_VALUES, dtype=dtype, device=packed.device)
+    codes = torch.stack([packed >> 4, packed & 0x0F], dim=-1).reshape(packed.shape[0], -1)
+    values = table[codes.long()]
+    rows, cols = values.shape
+    blocks = values.reshape(rows, cols // _NVFP4_BLOCK, _NVFP4_BLOCK)
+    block_scale = _unswizzle(weight.block_scale, rows, cols // _NVFP4_BLOCK)
+    total = weight.scale.to(dtype) * block_scale.to(dtype)
+    return (blocks * total.unsqueeze(-1)).reshape(rows, cols).to(dtype)[: weight.shape[0], : weight.shape[1]]
+
+
+def _dequantize_mxfp8(weight: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
+    rows, cols = weight.data.shape
+    exponents = _unswizzle(weight.block_scale, rows, cols // _MXFP8_BLOCK).to(torch.int32)
+    # E8M0 is a bare float32 exponent; code 0 is read as 0.0, as comfy-kitchen does.
+    scales = torch.where(exponents == 0, torch.zeros_like(exponents), exponents << 23).view(torch.float32)
+    blocks = weight.data.to(torch.float32).reshape(rows, cols // _MXFP8_BLOCK, _MXFP8_BLOCK)
+    out = (blocks * scales.unsqueeze(-1)).reshape(rows, cols).to(dtype)
+    return out[: weight.shape[0], : weight.shape[1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a file's layout
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class QuantizedCheckpoint:
+    """A state dict split into ordinary tensors and quantized Linear weights (keyed by layer)."""
+
+    tensors: dict[str, torch.Tensor]
+    quantized: dict[str, QuantizedWeight]
+    layout: str  # "plain", "fp8", "scaled_fp8" or "mixed"
+    # Whether ComfyUI builds the model with its mixed-precision ops (any layer has a config).
+    mixed: bool = False
+
+
+def _refuse(what: str, path: Path, layer: str, problem: str, more: int = 0) -> ModelLoadError:
+    others = f" (and {more} more layer{'s' if more > 1 else ''} like it)" if more else ""
+    return ModelLoadError(f"{what} {path}: layer '{layer}'{others} {problem}")
+
+
+def _layer_of(key: str) -> tuple[str, str]:
+    layer, _, suffix = key.rpartition(".")
+    return layer, suffix
+
+
+def _parse_config(raw: Any, layer: str, path: Path, what: str) -> dict[str, Any]:
+    try:
+        if isinstance(raw, torch.Tensor):
+            raw = json.loads(raw.cpu().numpy().tobytes())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError, TypeError) as exc:
+        raise _refuse(what, path, layer, f"has an unreadable 'comfy_quant' config ({exc}); ComfyUI v0.18.1 "
+                      f"cannot load it either.") from exc
+    return raw
+
+
+def _layer_configs(state: dict[str, torch.Tensor], metadata: dict[str, str], prefix: str, path: Path,
+                   what: str) -> tuple[dict[str, dict[str, Any]], str]:
+    """Per-layer quantization configs, normalised the way ComfyUI's loader normalises them.
+
+    Legacy scaled-fp8 keys are renamed in ``state`` (``scale_weight`` -> ``weight_scale``,
+    ``scale_input`` -> ``input_scale``) and the marker removed; ``comfy_quant`` tensors are removed.
+    Returns the configs and the layout name.
+    """
+    configs: dict[str, dict[str, Any]] = {}
+    layout = "plain"
+    if _METADATA_KEY in metadata:
+        try:
+            layers = json.loads(metadata[_METADATA_KEY])["layers"]
+            if not isinstance(layers, dict):
+                raise ValueError("'layers' is not an object")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{what} {path}: its '{_METADATA_KEY}' header is unreadable ({exc}); "
+                                 f"ComfyUI v0.18.1 cannot load it either.") from exc
+        for name, conf in layers.items():
+            name = name[len(prefix):] if prefix and name.startswith(prefix) else name
+            configs[name] = _parse_config(conf, name, path, what)
+        layout = "mixed"
+    elif _MARKER in state:
+        # ComfyUI reads every layer with a scale_weight as float8_e4m3fn, whatever the marker's dtype.
+        del state[_MARKER]
+        for key in list(state):
+            layer, suffix = _layer_of(key)
+            if suffix == "scale_weight":
+                state[f"{layer}.weight_scale"] = state.pop(key)
+                configs[layer] = {"format": "float8_e4m3fn"}
+            elif suffix == "scale_input":
+                state[f"{layer}.input_scale"] = state.pop(key)
+        layout = "scaled_fp8"
+    # Configs from the header or the legacy conversion take precedence over comfy_quant tensors.
+    decided = set(configs)
+    for key in [k for k in state if k.endswith(".comfy_quant")]:
+        raw = state.pop(key)
+        layer = key[: -len(".comfy_quant")]
+        if layer not in decided:
+            configs[layer] = _parse_config(raw, layer, path, what)
+        layout = "mixed" if layout == "plain" else layout
+    if layout == "plain" and any(v.dtype in _PLAIN_FP8 for v in state.values()):
+        layout = "fp8"
+    return configs, layout
+
+
+def _check_format(configs: dict[str, dict[str, Any]], path: Path, what: str) -> None:
+    unknown: dict[str, list[str]] = {}
+    for layer, conf in sorted(configs.items()):
+        if conf.get("format") not in SUPPORTED_FORMATS:
+            unknown.setdefault(str(conf.get("format")), []).append(layer)
+    if not unknown:
+        return
+    fmt, layers = min(unknown.items())
+    if fmt in LATER_FORMATS:
+        extra = " with ConvRot rotation" if configs[layers[0]].get("convrot") else ""
+        problem = (f"uses the quantization format '{fmt}'{extra}, which ComfyUI v0.18.1 does not support "
+                   f"(its int8 formats came in later ComfyUI versions; v0.18.1 fails to load this file too). "
+                   f"graphrun refuses it rather than load it wrong: use the bf16 or an fp8 version of the model.")
+    elif fmt == "None":
+        problem = "has a 'comfy_quant' config without a 'format'; ComfyUI v0.18.1 cannot load it either."
+    else:
+        problem = (f"uses the quantization format '{fmt}', which graphrun does not know (ComfyUI v0.18.1 "
+                   f"knows {', '.join(SUPPORTED_FORMATS)}). graphrun refuses it rather than load it wrong.")
+    raise _refuse(what, path, layers[0], problem, len(layers) - 1)
+
+
+def _single_scale(value: torch.Tensor | None, name: str, layer: str, fmt: str, path: Path,
+                  what: str) -> torch.Tensor:
+    if value is None:
+        raise _refuse(what, path, layer, f"is '{fmt}' but has no '{layer}.{name}'; ComfyUI v0.18.1 cannot "
+                      f"run it either.")
+    if value.numel() != 1 or not value.is_floating_point():
+        raise _refuse(what, path, layer, f"is '{fmt}' with a '{name}' of shape {tuple(value.shape)} and dtype "
+                      f"{value.dtype}; ComfyUI v0.18.1 applies one floating-point scale per tensor only. "
+                      f"graphrun refuses it rather than load it wrong.")
+    # ComfyUI keeps scales in float32; the product happens later in the compute dtype.
+    return value.to(torch.float32)
+
+
+def _block_scale(value: torch.Tensor | None, layer: str, fmt: str, rows: int, blocks: int, path: Path,
+                 what: str) -> torch.Tensor:
+    expected = -(-rows // 128) * 128 * -(-blocks // 4) * 4
+    if value is None or value.element_size() != 1 or value.numel() != expected:
+        got = "none" if value is None else f"{value.numel()} values of {value.dtype}"
+        raise _refuse(what, path, layer, f"is '{fmt}' but its block scales ('{layer}.weight_scale') do not fit "
+                      f"its weight: expected {expected} one-byte values, got {got}. graphrun refuses it rather "
+                      f"than load it wrong.")
+    return value
+
+
+def _quantized_weight(layer: str, conf: dict[str, Any], tensors: dict[str, torch.Tensor], path: Path,
+                      what: str) -> QuantizedWeight:
+    fmt = conf["format"]
+    weight = tensors.pop("weight")
+    if weight.dim() != 2:
+        raise _refuse(what, path, layer, f"is quantized ('{fmt}') but its weight has shape {tuple(weight.shape)}: "
+                      f"ComfyUI v0.18.1 dequantizes Linear layers only. graphrun refuses it rather than load it wrong.")
+    if fmt in _FP8_STORAGE:
+        scale = _single_scale(tensors.get("weight_scale"), "weight_scale", layer, fmt, path, what)
+        # Stored weights are converted to the format's fp8 type first, as ComfyUI does.
+        return QuantizedWeight(layer, fmt, weight.to(_FP8_STORAGE[fmt]), scale, None, tuple(weight.shape))
+    if fmt == "nvfp4":
+        if weight.dtype != torch.uint8:
+            raise _refuse(what, path, layer, f"is 'nvfp4' but its weight is {weight.dtype}, not packed uint8.")
+        scale = _single_scale(tensors.get("weight_scale_2"), "weight_scale_2", layer, fmt, path, what)
+        rows, cols = weight.shape[0], weight.shape[1] * 2
+        if cols % _NVFP4_BLOCK:
+            raise _refuse(what, path, layer, f"is 'nvfp4' with {cols} columns, not a multiple of {_NVFP4_BLOCK}.")
+        blocks = _block_scale(tensors.get("weight_scale"), layer, fmt, rows, cols // _NVFP4_BLOCK, path, what)
+        return QuantizedWeight(layer, fmt, weight, scale, blocks.view(torch.float8_e4m3fn), (rows, cols))
+    # mxfp8
+    rows, cols = weight.shape
+    if cols % _MXFP8_BLOCK:
+        raise _refuse(what, path, layer, f"is 'mxfp8' with {cols} columns, not a multiple of {_MXFP8_BLOCK}.")
+    blocks = _block_scale(tensors.get("weight_scale"), layer, fmt, rows, cols // _MXFP8_BLOCK, path, what)
+    return QuantizedWeight(layer, fmt, weight.to(torch.float8_e4m3fn), None, blocks.view(torch.uint8),
+                           (rows, cols))
+
+
+def read_checkpoint(state: dict[str, torch.Tensor], metadata: dict[str, str] | None, path: str | Path,
+                    what: str, prefix: str = "") -> QuantizedCheckpoint:
+    """Split a (prefix-stripped) state dict into ordinary tensors and quantized Linear weights.
+
+    ``metadata`` is the safetensors header metadata and ``prefix`` the key prefix that was
+    stripped (names in ``_quantization_metadata`` may carry it). No scale or config tensor is left
+    in ``tensors``; every unsupported or inconsistent layout raises one :class:`ModelLoadError`.
+    Plain fp8 tensors stay as they are (see :func:`dequantize_checkpoint`).
+    """
+    path = Path(path)
+    state = dict(state)
+    configs, layout = _layer_configs(state, dict(metadata or {}), prefix, path, what)
+    mixed = bool(configs)
+    configs = {layer: conf for layer, conf in configs.items() if f"{layer}.weight" in state}
+    _check_format(configs, path, what)
+    quantized: dict[str, QuantizedWeight] = {}
+    for layer, conf in sorted(configs.items()):
+        allowed = ("weight",) + _LAYER_TENSORS[conf["format"]]
+        own = {name: state.pop(f"{layer}.{name}") for name in allowed if f"{layer}.{name}" in state}
+        quantized[layer] = _quantized_weight(layer, conf, own, path, what)
+    leftovers = sorted(k for k in state if _layer_of(k)[1] in _QUANT_SUFFIXES or k == _MARKER)
+    if leftovers:
+        layer, suffix = _layer_of(leftovers[0])
+        if layer in configs:
+            how = f"that its format '{configs[layer]['format']}' does not use"
+        else:
+            how = ("without the 'scaled_fp8' marker or a 'comfy_quant' config for the layer, so ComfyUI v0.18.1 "
+                   "would ignore it (and use any fp8 weight unscaled)")
+        raise _refuse(what, path, layer or leftovers[0], f"has a '{suffix}' tensor {how}. graphrun refuses it "
+                      f"rather than load it wrong.", len(leftovers) - 1)
+    integers = sorted(k for k, v in state.items() if v.dtype in (torch.int8, torch.uint8))
+    if integers:
+        raise _refuse(what, path, _layer_of(integers[0])[0], f"has 8-bit integer weights "
+                      f"({state[integers[0]].dtype}) without a quantization config, which ComfyUI v0.18.1 "
+                      f"cannot dequantize. graphrun refuses it rather than load it wrong.", len(integers) - 1)
+    odd = sorted(k for k, v in state.items() if v.dtype.is_floating_point and v.element_size() == 1
+                 and v.dtype not in _PLAIN_FP8)
+    if odd:
+        raise _refuse(what, path, _layer_of(odd[0])[0], f"is stored as {state[odd[0]].dtype}, which ComfyUI "
+                      f"v0.18.1 does not load as a weight.", len(odd) - 1)
+    return QuantizedCheckpoint(state, quantized, layout, mixed)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the loaders call
+# ---------------------------------------------------------------------------------------------
+
+def _is_linear_param(key: str, tensors: dict[str, torch.Tensor], quantized: dict[str, Any]) -> bool:
+    """Whether ``key`` is the weight or bias of a Linear layer (2-D weight) in ComfyUI's model."""
+    layer, suffix = _layer_of(key)
+    if layer in quantized:
+        return True
+    weight = tensors.get(f"{layer}.weight")
+    return suffix in ("weight", "bias") and weight is not None and weight.dim() == 2
+
+
+def dequantize_checkpoint(
+    state: dict[str, torch.Tensor], metadata: dict[str, str] | None, path: str | Path, what: str,
+    dtype: torch.dtype, *, prefix: str = "", weight_dtype: str = "default", allow_quantized: bool = True,
+) -> dict[str, torch.Tensor]:
+    """A quantized file's state dict as ordinary tensors (for the transformer and the VAE).
+
+    Quantized layers are dequantized to ``dtype`` and plain fp8 tensors cast to it (both as
+    ComfyUI computes them); other tensors are returned unchanged. ``weight_dtype`` is the
+    UNETLoader option: ``fp8_e4m3fn``/``fp8_e4m3fn_fast``/``fp8_e5m2`` first round the file's
+    weights to that fp8 type, as ComfyUI does by storing the model in it (a mixed-precision file
+    keeps its Linear layers, which ComfyUI keeps in the compute dtype). ``allow_quantized=False``
+    refuses scaled or mixed layouts (ComfyUI's VAE loader does not apply scales).
+    """
+    checkpoint = read_checkpoint(state, metadata, path, what, prefix)
+    if not allow_quantized and checkpoint.quantized:
+        layer = next(iter(checkpoint.quantized))
+        raise _refuse(what, Path(path), layer, f"is quantized ('{checkpoint.quantized[layer].format}'); ComfyUI "
+                      f"v0.18.1 applies no scales to VAE weights and would decode wrongly, so graphrun refuses "
+                      f"it. Use the plain ae.safetensors.", len(checkpoint.quantized) - 1)
+    storage = WEIGHT_DTYPES.get(weight_dtype, "unknown")
+    if storage == "unknown":
+        raise ValueError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weight_dtype!r}")
+    mixed = checkpoint.mixed
+    out: dict[str, torch.Tensor] = {}
+    for key, value in checkpoint.tensors.items():
+        if storage is not None and value.is_floating_point() and not (
+                mixed and _is_linear_param(key, checkpoint.tensors, checkpoint.quantized)):
+            value = value.to(storage)
+        out[key] = value.to(dtype) if value.dtype in _PLAIN_FP8 else value
+    for layer, weight in checkpoint.quantized.items():
+        out[f"{layer}.weight"] = weight.dequantize(dtype)
+    return out
+
+
+def split_checkpoint(state: dict[str, torch.Tensor], metadata: dict[str, str] | None, path: str | Path,
+                     what: str, dtype: torch.dtype, *, prefix: str = "") -> QuantizedCheckpoint:
+    """Like :func:`read_checkpoint`, with plain fp8 tensors cast to ``dtype`` (exact); the quantized
+    weights stay quantized for :func:`install_quantized_linears` (the text encoder)."""
+    checkpoint = read_checkpoint(state, metadata, path, what, prefix)
+    checkpoint.tensors = {k: (v.to(dtype) if v.dtype in _PLAIN_FP8 else v) for k, v in checkpoint.tensors.items()}
+    return checkpoint
+
+
+class QuantizedLinear(torch.nn.Module):
+    """A Linear layer whose weight stays in its quantized form and is dequantized, in the input's
+    dtype, for every call (ComfyUI's mixed-precision Linear on the CPU).
+
+    The quantized tensors are non-persistent buffers stored as integer bit patterns: moving the
+    module to a device moves them, while dtype casts (graphrun's float32-compute hooks, ``.to(bf16)``)
+    leave them untouched, so no scale is ever rounded.
+    """
+
+    def __init__(self, weight: QuantizedWeight, bias: torch.nn.Parameter | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.layer = weight.layer
+        self.format = weight.format
+        self._dtypes: dict[str, torch.dtype] = {}
+        for name in ("data", "scale", "block_scale"):
+            tensor = getattr(weight, name)
+            if tensor is not None:
+                self._dtypes[name] = tensor.dtype
+                bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()]
+                self.register_buffer(f"q_{name}", tensor.contiguous().view(bits), persistent=False)
+        self.bias = bias
+
+    def quantized_weight(self) -> QuantizedWeight:
+        def get(name: str) -> torch.Tensor | None:
+            if name not in self._dtypes:
+                return None
+            return getattr(self, f"q_{name}").view(self._dtypes[name])
+
+        return QuantizedWeight(self.layer, self.format, get("data"), get("scale"), get("block_scale"),
+                               (self.out_features, self.in_features))
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.quantized_weight().dequantize(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.dequantized_weight(x.dtype)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return torch.nn.functional.linear(x, weight, bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}"
+
+
+def install_quantized_linears(model: torch.nn.Module, quantized: dict[str, QuantizedWeight], path: str | Path,
+                              what: str) -> None:
+    """Replace the Linear layers named in ``quantized`` by :class:`QuantizedLinear` (before the
+    ordinary weights load; a bias, if any, still loads from the state dict)."""
+    for layer, weight in quantized.items():
+        try:
+            module = model.get_submodule(layer)
+        except AttributeError:
+            module = None
+        if not isinstance(module, torch.nn.Linear):
+            kind = "no layer" if module is None else f"a {type(module).__name__}"
+            raise _refuse(what, Path(path), layer, f"is quantized ('{weight.format}') but is {kind} in the model; "
+                          f"ComfyUI v0.18.1 dequantizes Linear layers only. graphrun refuses it rather than load "
+                          f"it wrong.")
+        if (module.out_features, module.in_features) != weight.shape:
+            raise _refuse(what, Path(path), layer, f"has a quantized weight of shape {weight.shape}, but the model "
+                          f"expects {(module.out_features, module.in_features)}.")
+        parent_name, _, child = layer.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, QuantizedLinear(weight, module.bias))
+
+
+def logical_shapes(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str]) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes as the model sees them: an nvfp4 weight (packed uint8 with a
+    ``weight_scale_2`` beside it) has twice the columns it is stored with. ``dtypes`` are
+    safetensors dtype names (``"U8"``, ...)."""
+    out = dict(shapes)
+    for key, shape in shapes.items():
+        layer, suffix = _layer_of(key)
+        if suffix == "weight" and dtypes.get(key) == "U8" and f"{layer}.weight_scale_2" in shapes and len(shape) == 2:
+            out[key] = (shape[0], shape[1] * 2)
+    return out
