@@ -152,7 +152,9 @@ def match_mean(actual: float, expected: float, what: str = "mean", rel: float = 
     if actual == pytest_approx(expected, 1e-9, 1e-12):
         _note(True, what)
         return
-    assert abs(actual - expected) <= max(rel * abs(expected), 1e-7), f"{what}: {actual} != {expected}"
+    # A mean of signed O(1) values can be near 0: the absolute floor keeps the check meaningful (a
+    # semantic difference moves it by > 1e-3).
+    assert abs(actual - expected) <= max(rel * abs(expected), 1e-5), f"{what}: {actual} != {expected}"
     _note(False, what)
 
 

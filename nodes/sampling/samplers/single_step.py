@@ -97,7 +97,7 @@ def sample_heunpp2(
     callback: StepCallback | None = None,
     model_sampling: FlowModelSampling | None = None,
 ) -> Tensor:
-    """Heun++: Heun's method with a third evaluation and sigma-weighted slopes (Carzit, MIT)."""
+    """Heun++: Heun's method with a third evaluation and sigma-weighted slopes."""
     # Up to three model calls per step (the next two sigmas); the weights are sigma / (k * sigmas[0]).
     # ComfyUI draws (and discards) one randn_like(x) from the global generator per step for its
     # unused churn option; graphrun draws nothing, which changes no result.
@@ -284,8 +284,7 @@ def sample_dpmpp_2s_ancestral_cfg_pp(
     cpu_seed_offset: int = COMFY_CPU_SEED_OFFSET,
 ) -> Tensor:
     """Ancestral DPM-Solver++(2S) with CFG++ (arXiv:2211.01095, arXiv:2406.08070)."""
-    # ComfyUI uses the VE formulas (t = -log sigma, VE ancestral step) for every model here. The
-    # final update uses the unconditional prediction of the midpoint call, the latest one.
+    # ComfyUI uses the VE formulas (t = -log sigma, VE ancestral step) for every model here.
     if noise_sampler is None:
         noise_sampler = default_noise_sampler(x, seed, cpu_seed_offset)
     s_in = x.new_ones([x.shape[0]])
@@ -306,6 +305,7 @@ def sample_dpmpp_2s_ancestral_cfg_pp(
             s = t + r * h
             x_cfg_pp = x + (denoised - uncond_denoised)
             x_2 = (s.neg().exp() / t.neg().exp()) * x_cfg_pp - (-h * r).expm1() * denoised
+            # The final update uses this midpoint call's uncond, as ComfyUI (it reads its hook's latest).
             denoised_2, uncond_denoised = denoise_with_uncond(model, x_2, s.neg().exp() * s_in)
             x_cfg_pp = x + (denoised - uncond_denoised)
             x = (t_next.neg().exp() / t.neg().exp()) * x_cfg_pp - (-h).expm1() * denoised_2
