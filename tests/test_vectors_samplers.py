@@ -186,8 +186,9 @@ def _check_stage(run: Run, e: dict) -> None:
     assert len(run.steps) == len(e["steps"])
     for info, rec in zip(run.steps, e["steps"]):
         assert info.i == rec["i"] and info.total == len(run.sigmas) - 1
-        # dpmpp_2m_sde evaluates its first step a hair below sigma 1; the records list the schedule.
-        sigma = f32(rec["sigma"])
+        # The SDE samplers evaluate their first step a hair below sigma 1 (callback_sigma); the older
+        # records list the schedule's sigma instead.
+        sigma = f32(rec.get("callback_sigma", rec["sigma"]))
         if run.sampler_name == "dpmpp_2m_sde" and info.i == 0 and sigma >= 1:
             sigma = f32(e["model_call_sigmas"][0])
         match_floats([info.sigma], [sigma], f"step {info.i} sigma")
