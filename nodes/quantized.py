@@ -85,6 +85,10 @@ _LAYER_TENSORS = {
 _QUANT_SUFFIXES = ("comfy_quant", "weight_scale", "weight_scale_2", "input_scale", "scale_weight",
                    "scale_input", "pre_quant_scale")
 _MARKER = "scaled_fp8"
+# Where ComfyUI's loaders look for the legacy marker (original file keys): the diffusion-model loader
+# at the top level and under the unet prefix, the text-encoder loader at the top level only.
+_MARKER_KEYS = {"transformer": ("scaled_fp8", "model.diffusion_model.scaled_fp8"),
+                "text_encoder": ("scaled_fp8",), "vae": ()}
 _METADATA_KEY = "_quantization_metadata"
 _NVFP4_BLOCK = 16
 _MXFP8_BLOCK = 32
@@ -202,7 +206,7 @@ def _parse_config(raw: Any, layer: str, path: Path, what: str) -> dict[str, Any]
 
 
 def _layer_configs(state: dict[str, torch.Tensor], metadata: dict[str, str], prefix: str, path: Path,
-                   what: str) -> tuple[dict[str, dict[str, Any]], str]:
+                   what: str, marker_honoured: bool) -> tuple[dict[str, dict[str, Any]], str]:
     """Per-layer quantization configs, normalised the way ComfyUI's loader normalises them.
 
     Legacy scaled-fp8 keys are renamed in ``state`` (``scale_weight`` -> ``weight_scale``,
@@ -223,7 +227,7 @@ def _layer_configs(state: dict[str, torch.Tensor], metadata: dict[str, str], pre
             name = name[len(prefix):] if prefix and name.startswith(prefix) else name
             configs[name] = _parse_config(conf, name, path, what)
         layout = "mixed"
-    elif _MARKER in state:
+    elif _MARKER in state and marker_honoured:
         # ComfyUI reads every layer with a scale_weight as float8_e4m3fn, whatever the marker's dtype.
         del state[_MARKER]
         for key in list(state):
@@ -321,18 +325,33 @@ def _quantized_weight(layer: str, conf: dict[str, Any], tensors: dict[str, torch
                            (rows, cols))
 
 
-def read_checkpoint(state: dict[str, torch.Tensor], metadata: dict[str, str] | None, path: str | Path,
-                    what: str, prefix: str = "") -> QuantizedCheckpoint:
+def read_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, kind: str,
+                    prefix: str = "") -> QuantizedCheckpoint:
     """Split a (prefix-stripped) state dict into ordinary tensors and quantized Linear weights.
 
-    ``metadata`` is the safetensors header metadata and ``prefix`` the key prefix that was
-    stripped (names in ``_quantization_metadata`` may carry it). No scale or config tensor is left
-    in ``tensors``; every unsupported or inconsistent layout raises one :class:`ModelLoadError`.
-    Plain fp8 tensors stay as they are (see :func:`dequantize_checkpoint`).
+    ``info`` describes the file: ``.path``, ``.metadata`` (the safetensors header metadata) and
+    ``.shapes`` (keyed by the file's own key names); ``kind`` is ``"transformer"``,
+    ``"text_encoder"`` or ``"vae"`` (ComfyUI's loaders differ in where they look for the legacy
+    marker); ``prefix`` is the key prefix that was stripped (names in ``_quantization_metadata``
+    may carry it). No scale or config tensor is left in ``tensors``; every unsupported or
+    inconsistent layout raises one :class:`ModelLoadError`. Plain fp8 tensors stay as they are.
     """
-    path = Path(path)
+    path = Path(info.path)
+    if kind == "vae":
+        scaled = sorted(k for k in state if _layer_of(k)[1] in _QUANT_SUFFIXES or k == _MARKER)
+        if scaled or _METADATA_KEY in (info.metadata or {}):
+            layer = _layer_of(scaled[0])[0] or scaled[0] if scaled else _METADATA_KEY
+            raise _refuse(what, path, layer, "is quantized (scale tensors or a quantization config); ComfyUI v0.18.1 "
+                          "applies no scales to VAE weights and would decode wrongly, so graphrun refuses it. Use "
+                          "the plain ae.safetensors.", max(len({_layer_of(k)[0] for k in scaled}) - 1, 0))
+    marker_keys = [k for k in _MARKER_KEYS[kind] if k in info.shapes]
+    if _MARKER in state and not marker_keys and kind != "vae":
+        where = next(k for k in info.shapes if k.endswith(_MARKER))
+        raise _refuse(what, path, where, f"is a 'scaled_fp8' marker where ComfyUI v0.18.1's loader does not look for "
+                      f"it (it expects {' or '.join(repr(k) for k in _MARKER_KEYS[kind])}), so ComfyUI would use the "
+                      f"fp8 weights unscaled. graphrun refuses it rather than load it wrong.")
     state = dict(state)
-    configs, layout = _layer_configs(state, dict(metadata or {}), prefix, path, what)
+    configs, layout = _layer_configs(state, dict(info.metadata or {}), prefix, path, what, bool(marker_keys))
     mixed = bool(configs)
     configs = {layer: conf for layer, conf in configs.items() if f"{layer}.weight" in state}
     _check_format(configs, path, what)
@@ -377,25 +396,19 @@ def _is_linear_param(key: str, tensors: dict[str, torch.Tensor], quantized: dict
     return suffix in ("weight", "bias") and weight is not None and weight.dim() == 2
 
 
-def dequantize_checkpoint(
-    state: dict[str, torch.Tensor], metadata: dict[str, str] | None, path: str | Path, what: str,
-    dtype: torch.dtype, *, prefix: str = "", weight_dtype: str = "default", allow_quantized: bool = True,
-) -> dict[str, torch.Tensor]:
-    """A quantized file's state dict as ordinary tensors (for the transformer and the VAE).
+def dequantize_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, kind: str, dtype: torch.dtype, *,
+                          prefix: str = "", weight_dtype: str = "default") -> dict[str, torch.Tensor]:
+    """A quantized file's state dict as ordinary tensors (the transformer and the VAE; arguments as
+    for :func:`read_checkpoint`).
 
     Quantized layers are dequantized to ``dtype`` and plain fp8 tensors cast to it (both as
     ComfyUI computes them); other tensors are returned unchanged. ``weight_dtype`` is the
     UNETLoader option: ``fp8_e4m3fn``/``fp8_e4m3fn_fast``/``fp8_e5m2`` first round the file's
     weights to that fp8 type, as ComfyUI does by storing the model in it (a mixed-precision file
-    keeps its Linear layers, which ComfyUI keeps in the compute dtype). ``allow_quantized=False``
-    refuses scaled or mixed layouts (ComfyUI's VAE loader does not apply scales).
+    keeps its Linear layers, which ComfyUI keeps in the compute dtype). A VAE file may hold plain
+    fp8 weights but nothing scaled: ComfyUI's VAE loader applies no scales.
     """
-    checkpoint = read_checkpoint(state, metadata, path, what, prefix)
-    if not allow_quantized and checkpoint.quantized:
-        layer = next(iter(checkpoint.quantized))
-        raise _refuse(what, Path(path), layer, f"is quantized ('{checkpoint.quantized[layer].format}'); ComfyUI "
-                      f"v0.18.1 applies no scales to VAE weights and would decode wrongly, so graphrun refuses "
-                      f"it. Use the plain ae.safetensors.", len(checkpoint.quantized) - 1)
+    checkpoint = read_checkpoint(state, info, what, kind, prefix)
     storage = WEIGHT_DTYPES.get(weight_dtype, "unknown")
     if storage == "unknown":
         raise ValueError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weight_dtype!r}")
@@ -411,11 +424,11 @@ def dequantize_checkpoint(
     return out
 
 
-def split_checkpoint(state: dict[str, torch.Tensor], metadata: dict[str, str] | None, path: str | Path,
-                     what: str, dtype: torch.dtype, *, prefix: str = "") -> QuantizedCheckpoint:
-    """Like :func:`read_checkpoint`, with plain fp8 tensors cast to ``dtype`` (exact); the quantized
-    weights stay quantized for :func:`install_quantized_linears` (the text encoder)."""
-    checkpoint = read_checkpoint(state, metadata, path, what, prefix)
+def split_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, dtype: torch.dtype, *,
+                     prefix: str = "") -> QuantizedCheckpoint:
+    """:func:`read_checkpoint` for the text encoder, with plain fp8 tensors cast to ``dtype``
+    (exact); the quantized weights stay quantized for :func:`install_quantized_linears`."""
+    checkpoint = read_checkpoint(state, info, what, "text_encoder", prefix)
     checkpoint.tensors = {k: (v.to(dtype) if v.dtype in _PLAIN_FP8 else v) for k, v in checkpoint.tensors.items()}
     return checkpoint
 

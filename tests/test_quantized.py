@@ -128,8 +128,9 @@ class QuantizedFile:
             self.tensors[f"{layer}.scale_input"] = torch.ones(1)
         self.reference[layer] = reference_fp8(q, scale, torch.float32)
 
-    def mark_scaled_fp8(self) -> None:
-        self.tensors[f"{self.prefix}scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    def mark_scaled_fp8(self, key: str = "scaled_fp8") -> None:
+        """The legacy marker; ComfyUI looks for it at the top level of the file."""
+        self.tensors[key] = torch.empty(0, dtype=torch.float8_e4m3fn)
 
     def mixed(self, layer: str, fmt: str, *, header: bool = False, input_scale: bool = False) -> None:
         """A ``comfy_quant`` layer (or, with ``header``, its config in ``_quantization_metadata``)."""
@@ -208,4 +209,43 @@ def mixed_text_encoder() -> QuantizedFile:
         if layer.startswith("model.layers.1.mlp"):
             continue
         q.mixed(layer, formats[layer.rsplit(".", 1)[1]], input_scale=layer.endswith("q_proj"))
+    return q
+
+
+def plain_fp8_transformer(storage: torch.dtype = torch.float8_e4m3fn) -> QuantizedFile:
+    """A '*_fp8_e4m3fn' file: the Linear weights stored in fp8 with no scales, the rest fp32."""
+    q = QuantizedFile(tiny("transformer"))
+    for layer in q.linear_layers():
+        q.plain_fp8(layer, storage)
+    return q
+
+
+def scaled_fp8_transformer() -> QuantizedFile:
+    """A legacy '*_fp8_scaled' file: the 'scaled_fp8' marker, scale_weight (and some scale_input)."""
+    q = QuantizedFile(tiny("transformer"))
+    for i, layer in enumerate(q.linear_layers()):
+        if layer != "t_embedder.mlp.2":
+            q.scaled_fp8(layer, scale_input=i % 2 == 0)
+    q.mark_scaled_fp8()
+    return q
+
+
+def scaled_fp8_text_encoder() -> QuantizedFile:
+    q = QuantizedFile(tiny("te"), prefix="model.")
+    for layer in q.linear_layers():
+        q.scaled_fp8(layer)
+    q.mark_scaled_fp8()
+    return q
+
+
+def int8_transformer(convrot: bool = True) -> QuantizedFile:
+    """The layout of later ComfyUI's int8 files (e.g. z_image_turbo_int8_convrot.safetensors)."""
+    q = QuantizedFile(tiny("transformer"))
+    for layer in q.linear_layers():
+        w = q.tensors[f"{layer}.weight"]
+        scale = w.abs().max() / 127
+        q.tensors[f"{layer}.weight"] = (w / scale).round().clamp(-127, 127).to(torch.int8)
+        q.tensors[f"{layer}.weight_scale"] = scale.reshape(1)
+        q.tensors[f"{layer}.comfy_quant"] = comfy_quant("int8_tensorwise", **({"convrot": True, "convrot_groupsize": 256}
+                                                                           if convrot else {}))
     return q

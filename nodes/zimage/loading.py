@@ -593,7 +593,7 @@ def load_transformer_file(
     _require_kind(info, "transformer", "diffusion model")
     config = infer_transformer_config(info.shapes, info.extra_config())
     prefix = _strip(info.shapes, _TRANSFORMER_PREFIXES)
-    state = dequantize_checkpoint(_load_tensors(info, prefix, what), info.metadata, p, what, dt, prefix=prefix,
+    state = dequantize_checkpoint(_load_tensors(info, prefix, what), info, what, "transformer", dt, prefix=prefix,
                                   weight_dtype=weight_dtype)
     # Some exports carry an unused top-level 'norm_final.weight'; diffusers' converter drops it too.
     state.pop("norm_final.weight", None)
@@ -626,8 +626,7 @@ def load_vae_file(
             f"Flux VAE (ae.safetensors)."
         )
     prefix = _strip(info.shapes, _VAE_PREFIXES)
-    state = dequantize_checkpoint(_load_tensors(info, prefix, what), info.metadata, p, what, dt, prefix=prefix,
-                                  allow_quantized=False)
+    state = dequantize_checkpoint(_load_tensors(info, prefix, what), info, what, "vae", dt, prefix=prefix)
     model = _from_single_file(AutoencoderKL, convert_ldm_vae_checkpoint, state, config, dt, p, what,
                               "the Flux VAE architecture")
     _place(model, dev, dt)
@@ -704,7 +703,7 @@ def load_text_encoder_file(
     state = _load_tensors(info, prefix, what)
     # A causal-LM export also has the output head; the encoder does not use it.
     state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
-    checkpoint = split_checkpoint(state, info.metadata, p, what, dt, prefix=prefix)
+    checkpoint = split_checkpoint(state, info, what, dt, prefix=prefix)
     state = checkpoint.tensors
     with init_empty_weights():
         model = Qwen3Model(Qwen3Config(**config))

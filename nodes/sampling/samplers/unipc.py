@@ -189,7 +189,8 @@ def _sample_unipc(
                         model_x = predict(x, t)
                     model_prev[-1] = model_x
         if callback is not None:
-            # ComfyUI reports the state after the step and the newest x0 prediction.
+            # ComfyUI reports the state after the step (in UniPC's VP scaling, x / sqrt(1 + s0^2) at the
+            # start) and the newest x0 prediction, the one at this step's sigma.
             callback(StepInfo(step_index, steps, float(sigmas[step_index]), x, model_prev[-1]))
     x = x / _alpha(timesteps[-1])
     if ends_at_zero:
