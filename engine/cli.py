@@ -271,8 +271,12 @@ def _format_input(spec: InputSpec) -> str:
     if spec.socket:
         text = f"  {spec.name}: {spec.type_name}" + (" (optional)" if spec.optional else "")
     else:
+        import textwrap
+
         default = "" if spec.required else f" = {spec.default!r}"
-        text = f"  {spec.name}: {_describe(spec)}{default}"
+        # A long choice list (every registered sampler) wraps under the input instead of one endless line.
+        text = textwrap.fill(f"{spec.name}: {_describe(spec)}{default}", width=100, initial_indent="  ",
+                             subsequent_indent="      ", break_long_words=False, break_on_hyphens=False)
     if spec.description:
         text += f"\n      {spec.description}"
     return text

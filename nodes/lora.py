@@ -1,36 +1,47 @@
-"""LoRA files: loading, matching against a model, and patching its weights (ComfyUI semantics).
+"""LoRA files: which keys apply to a model, and patching its weights, exactly as ComfyUI v0.18.1.
 
-A LoRA adds a low-rank update to some of a model's weight matrices. graphrun applies it the way
-ComfyUI's LoraLoader does, by patching the weights in place::
+A LoRA adds a low-rank update to some of a model's weights. graphrun reads a LoRA file the way
+ComfyUI's ``LoraLoader`` does: ComfyUI builds, for the model it patches, a table from *key prefixes*
+to the weights they patch, then looks up every prefix of that table in the file. A file key that no
+prefix of the table claims is not applied ("lora key not loaded" in ComfyUI's log); graphrun ignores
+the same keys and says so in one warning. Which prefixes exist therefore decides everything, and they
+are, for the Z-Image transformer (``M`` a module in ComfyUI's own naming, ``D`` a diffusers module):
+
+- ``diffusion_model.M`` and kohya's ``lora_unet_<M with "_" for ".">``, for every weight of ComfyUI's
+  model (the original Z-Image names: ``layers.0.attention.qkv`` fused, ``attention.out``, ``x_embedder``,
+  ``final_layer.linear``, ``feed_forward.w1``, ...), and ``diffusion_model.<param>`` for a bias;
+- ``D``, ``transformer.D``, ``diffusion_model.D`` and LyCORIS' ``lycoris_<D with "_">`` for every
+  diffusers module of Z-Image (``layers.0.attention.to_q`` patches the query third of the fused qkv,
+  ``attention.to_out.0``, ``all_x_embedder.2-1``, ...).
+
+So a *bare* original name that differs in diffusers (``layers.0.attention.qkv``, ``attention.out``,
+``x_embedder``, ``final_layer.*``), ``lora_unet_``/``transformer.`` with the other naming, PEFT's
+``base_model.model.`` prefix and ``model.diffusion_model.`` are ignored, as by ComfyUI. For the Qwen3
+text encoder (``LoraLoader``'s ``strength_clip``) the prefixes are ``text_encoders.qwen3_4b.transformer.
+model.X`` and ``text_encoders.transformer.model.X`` for every weight ``X`` (``layers.0.self_attn.q_proj``,
+``embed_tokens``, ...); kohya ``lora_te_*`` keys are not read for Qwen3 by v0.18.1 (later versions do).
+
+For each prefix ``x`` the first of these pairs present is the LoRA (up, down):
+``x.lora_up.weight``/``x.lora_down.weight``, ``x_lora.up/down.weight``, ``x.lora_B/lora_A.weight``,
+``x.lora.up/down.weight``, ``x.lora_B``/``x.lora_A``, ``x.lora_linear_layer.up/down.weight``,
+``x.lora_B.default/lora_A.default.weight``; ``x.alpha`` scales it. Full differences ``x.diff``,
+``x.diff_b`` (the bias), ``x.w_norm``/``x.b_norm`` and ``x.set_weight`` are applied too. When two prefixes
+patch the same weight (``transformer.D`` and ``D`` in one file) only the one ComfyUI's table lists last
+applies, but a fused qkv pair and the split ``to_q``/``to_k``/``to_v`` pairs are different weights to
+ComfyUI and both apply, as there. Each patched weight becomes::
 
     W' = W + strength · (alpha / rank) · (up @ down)        (scale 1.0 when the file has no alpha)
+    W' = W + strength · diff                                (.diff / .w_norm / .diff_b / .b_norm)
 
-computed in float32 and cast back to the weight's dtype; several LoRAs are summed in order before
-that single cast. :func:`patched` applies a list of ``(lora, strength)`` for the duration of a
-``with`` block and then puts the original weights back bit for bit, so graph branches with different
-LoRAs share one base model in memory.
+computed in float32, in ComfyUI's order, and cast back to the weight's dtype once; several LoRAs are
+applied in order before that cast. :func:`patched` applies a list of ``(lora, strength)`` for the
+duration of a ``with`` block and puts the original weights back bit for bit after, so graph branches
+with different LoRAs share one model in memory.
 
-Accepted files are safetensors only (pickle-based ``.pt``/``.ckpt``/``.bin`` files can run code when
-loaded and are refused). Accepted key layouts, per LoRA'd module ``M``:
-
-- diffusers / PEFT: ``transformer.M.lora_A.weight`` + ``.lora_B.weight``, also without the
-  ``transformer.`` prefix, with ``.lora_A.default.weight``, or with PEFT's ``base_model.model.`` prefix;
-- kohya / sd-scripts: ``lora_unet_<M with "_" for ".">.lora_down.weight`` + ``.lora_up.weight``
-  (+ ``.alpha``); LyCORIS' plain-LoRA files the same with ``lycoris_``;
-- ComfyUI: ``diffusion_model.M.lora_A/lora_B.weight`` or ``.lora_down/.lora_up.weight`` (+ ``.alpha``);
-- the rarer spellings ComfyUI also reads: ``M.lora.down/up.weight``, ``M_lora.down/up.weight``,
-  ``M.lora_linear_layer.down/up.weight`` and bare ``M.lora_A``/``M.lora_B``.
-
-``M`` may be the diffusers module name or, for Z-Image, the original/ComfyUI-native name
-(``layers.0.attention.qkv``, ``attention.out``, ``x_embedder``, ``final_layer.*``); native names are
-translated with :mod:`graphrun.nodes.zimage.lora_keys`, and a fused ``attention.qkv`` LoRA (its up
-matrix has 3·dim rows) becomes three patches of ``to_q``/``to_k``/``to_v`` that share its down matrix.
-``alpha`` is read only from ``.alpha`` keys, as ComfyUI does: an ``lora_alpha`` kept in a PEFT file's
-metadata is ignored.
-
-Not supported: LoHa, LoKr, OFT, full ``.diff`` weights (reported as keys that were not applied),
-and DoRA / LoCon-Tucker (``.dora_scale``, ``.lora_mid``), which are refused because applying their
-up/down matrices alone would silently give a different result.
+Refused with a clear error, because graphrun does not implement them and ComfyUI would apply them
+(the picture would silently differ): DoRA (``.dora_scale``), LoCon-Tucker (``.lora_mid.weight``),
+``.reshape_weight``, LoHa, LoKr, GLoRA, OFT and BOFT keys on a prefix the model has. Only safetensors
+files are read (pickle-based ``.pt``/``.ckpt``/``.bin`` files can run code when loaded).
 """
 from __future__ import annotations
 
@@ -41,6 +52,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors import safe_open
@@ -48,57 +60,61 @@ from safetensors import safe_open
 from graphrun.nodes.zimage import lora_keys
 
 __all__ = [
-    "LoraEntry",
+    "COMFY_LORA_VERSION",
     "LoraError",
     "LoraMatch",
     "LoraWarning",
     "LoraWeights",
-    "ModulePatch",
+    "WeightPatch",
+    "check_lora",
+    "key_map",
     "load_lora",
     "match_lora",
     "patched",
 ]
 
+#: The ComfyUI version whose LoRA key handling this module reproduces.
+COMFY_LORA_VERSION = "v0.18.1"
+
 ACCEPTED_LAYOUTS = (
-    "diffusers/PEFT `transformer.<module>.lora_A.weight`/`.lora_B.weight` (prefix optional, "
-    "`.lora_A.default.weight` too); kohya `lora_unet_<module_with_underscores>.lora_down.weight`/"
-    "`.lora_up.weight`/`.alpha` (or `lycoris_`); ComfyUI `diffusion_model.<module>.lora_A/lora_B.weight` "
-    "or `.lora_down/lora_up.weight` (+ `.alpha`); <module> is a diffusers module name or, for Z-Image, "
-    "the original name (`layers.0.attention.qkv`, `attention.out`, `x_embedder`, `final_layer.linear`)"
+    "for Z-Image: `diffusion_model.<module>` or kohya `lora_unet_<module_with_underscores>` with ComfyUI's "
+    "module names (`layers.0.attention.qkv`, `attention.out`, `x_embedder`, `final_layer.linear`, "
+    "`feed_forward.w1`); `<module>`, `transformer.<module>`, `diffusion_model.<module>` or "
+    "`lycoris_<module_with_underscores>` with diffusers names (`layers.0.attention.to_q`, "
+    "`attention.to_out.0`, `all_x_embedder.2-1`); for the Qwen3 text encoder `text_encoders.transformer.model."
+    "<module>` or `text_encoders.qwen3_4b.transformer.model.<module>`; each followed by `.lora_A.weight`/"
+    "`.lora_B.weight`, `.lora_down.weight`/`.lora_up.weight` (+ `.alpha`), or `.diff`/`.diff_b`"
 )
 
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle"}
 
-# (prefix, module names written with "_" instead of ".")
-_PREFIXES: tuple[tuple[str, bool], ...] = (
-    ("base_model.model.", False),
-    ("model.diffusion_model.", False),
-    ("diffusion_model.", False),
-    ("transformer.", False),
-    ("lora_unet_", True),
-    ("lycoris_", True),
+# ComfyUI's LoRA spellings, (up suffix, down suffix), in the order it tries them for one prefix.
+_LORA_FORMS: tuple[tuple[str, str], ...] = (
+    (".lora_up.weight", ".lora_down.weight"),
+    ("_lora.up.weight", "_lora.down.weight"),
+    (".lora_B.weight", ".lora_A.weight"),
+    (".lora.up.weight", ".lora.down.weight"),
+    (".lora_B", ".lora_A"),
+    (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight"),
+    (".lora_B.default.weight", ".lora_A.default.weight"),
 )
 
-_SUFFIXES: tuple[tuple[str, str], ...] = (
-    (".lora_A.default.weight", "down"),
-    (".lora_B.default.weight", "up"),
-    (".lora_down.weight", "down"),
-    (".lora_up.weight", "up"),
-    (".lora_A.weight", "down"),
-    (".lora_B.weight", "up"),
-    (".lora.down.weight", "down"),
-    (".lora.up.weight", "up"),
-    ("_lora.down.weight", "down"),
-    ("_lora.up.weight", "up"),
-    (".lora_linear_layer.down.weight", "down"),
-    (".lora_linear_layer.up.weight", "up"),
-    (".lora_A", "down"),
-    (".lora_B", "up"),
-    (".alpha", "alpha"),
+# Adapter types ComfyUI applies and graphrun does not: (what, key suffixes that make ComfyUI use it).
+_UNSUPPORTED_ADAPTERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("LoHa", (".hada_w1_a",)),
+    ("LoKr", (".lokr_w1", ".lokr_w2", ".lokr_w1_a", ".lokr_w2_a")),
+    ("GLoRA", (".a1.weight",)),
+    ("OFT/BOFT", (".oft_blocks",)),
 )
 
-# Parts that change what the up/down pair means: applying the pair without them would be wrong.
-_REFUSED_PARTS = {".dora_scale": "DoRA", ".lora_mid.weight": "LoCon (Tucker) `lora_mid`"}
+# Every suffix ComfyUI reads somewhere: a file with none of them is not a LoRA at all.
+_KNOWN_SUFFIXES: tuple[str, ...] = tuple(
+    {s for pair in _LORA_FORMS for s in pair}
+    | {s for _, group in _UNSUPPORTED_ADAPTERS for s in group}
+    | {".alpha", ".dora_scale", ".lora_mid.weight", ".reshape_weight", ".diff", ".diff_b", ".w_norm",
+       ".b_norm", ".set_weight", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b", ".lokr_w1_b", ".lokr_w2_b",
+       ".lokr_t2", ".rescale"}
+)
 
 
 class LoraError(ValueError):
@@ -106,51 +122,19 @@ class LoraError(ValueError):
 
 
 class LoraWarning(UserWarning):
-    """A LoRA that only partly fits the model (some of its keys were not applied)."""
-
-
-@dataclass(frozen=True, eq=False)
-class LoraEntry:
-    """One up/down pair of a LoRA file, normalised.
-
-    ``target`` is the diffusers module name the pair patches or, when ``underscored`` (kohya and
-    LyCORIS layouts), the name as written with ``_`` for ``.``; those are resolved against the real
-    module names of a model by :func:`match_lora`. ``rows`` selects the output rows of ``up`` that
-    belong to ``target`` when the file patched a fused module (Z-Image's ``attention.qkv``);
-    ``third`` is the same selection, 0/1/2, before the up matrix's size is known to split it.
-    """
-
-    target: str
-    down: torch.Tensor = field(repr=False)
-    up: torch.Tensor = field(repr=False)
-    alpha: float | None
-    keys: tuple[str, ...]
-    rows: slice | None = None
-    underscored: bool = False
-    third: int | None = None
-
-    @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
-
-    @property
-    def scale(self) -> float:
-        """``alpha / rank``, or 1.0 without alpha (ComfyUI's rule)."""
-        return 1.0 if self.alpha is None else self.alpha / self.rank
+    """A LoRA whose keys are partly not applied (ComfyUI does not apply them either)."""
 
 
 @dataclass(eq=False)
 class LoraWeights:
-    """The contents of one LoRA file, normalised by :func:`load_lora`.
+    """The tensors of one LoRA file (see :func:`load_lora`).
 
     Compared and hashed by identity: load a file once and pass the same object around, so
     :func:`patched` can see that a LoRA set is already applied.
     """
 
     path: Path
-    layout: str
-    entries: tuple[LoraEntry, ...] = field(repr=False)
-    unsupported_keys: tuple[str, ...] = field(default=(), repr=False)
+    tensors: dict[str, torch.Tensor] = field(repr=False)
     metadata: dict[str, str] = field(default_factory=dict, repr=False)
     _matches: weakref.WeakKeyDictionary = field(
         default_factory=weakref.WeakKeyDictionary, init=False, repr=False
@@ -162,48 +146,113 @@ class LoraWeights:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """Every tensor key of the file (the LoRA pairs' keys, then the ones graphrun cannot use)."""
-        # a fused qkv pair is three entries with the same keys: list each key once
-        return tuple(dict.fromkeys(k for e in self.entries for k in e.keys)) + self.unsupported_keys
+        """Every tensor key of the file, in file order."""
+        return tuple(self.tensors)
+
+    @property
+    def layout(self) -> str:
+        """A short description of the key families in the file (for messages)."""
+        return _describe_layout(self.keys)
 
     def __repr__(self) -> str:
-        return f"LoraWeights({self.name!r}, layout={self.layout!r}, entries={len(self.entries)})"
+        return f"LoraWeights({self.name!r}, layout={self.layout!r}, keys={len(self.tensors)})"
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A weight ComfyUI patches (or a row range of it), as parameters of the graphrun model.
+
+    ``weight`` is ComfyUI's state-dict key; ``offset`` the ``(first row, rows)`` ComfyUI narrows it to
+    (diffusers' ``to_q``/``to_k``/``to_v`` inside the fused qkv), ``None`` for all of it; ``params`` the
+    graphrun parameters it consists of, each with its rows of the patched block (``None``: all rows);
+    ``shape`` the block's shape, the shape a patch for it must have.
+    """
+
+    weight: str
+    offset: tuple[int, int] | None
+    params: tuple[tuple[str, slice | None], ...]
+    shape: tuple[int, ...]
+
+    @property
+    def ident(self) -> tuple[str, tuple[int, int] | None]:
+        return self.weight, self.offset
+
+
+@dataclass(frozen=True)
+class _KeyMap:
+    """ComfyUI's prefix table for one model (insertion order matters), and its weights by key."""
+
+    prefixes: dict[str, _Target]
+    weights: dict[str, _Target]
+    model_kind: str
 
 
 @dataclass(frozen=True, eq=False)
-class ModulePatch:
-    """One low-rank update of one module's weight, resolved against a concrete model."""
+class WeightPatch:
+    """One update of one weight, resolved against a concrete model.
 
-    module: str
-    down: torch.Tensor = field(repr=False)
-    up: torch.Tensor = field(repr=False)
-    rows: slice | None
-    scale: float
+    ``kind`` is ``"lora"`` (``up @ down`` scaled by ``scale``), ``"diff"`` (``tensor`` added) or ``"set"``
+    (the weight replaced by ``tensor``, regardless of strength, as ComfyUI's ``set_weight``).
+    """
+
+    kind: Literal["lora", "diff", "set"]
+    target: _Target = field(repr=False)
     keys: tuple[str, ...]
+    up: torch.Tensor | None = field(default=None, repr=False)
+    down: torch.Tensor | None = field(default=None, repr=False)
+    alpha: float | None = None
+    tensor: torch.Tensor | None = field(default=None, repr=False)
 
-    def delta(self, weight_shape: torch.Size, device: torch.device | str) -> torch.Tensor:
-        """``(up @ down)`` in float32, shaped like the weight, without strength or alpha scale."""
-        up = self.up if self.rows is None else self.up[self.rows]
-        up = up.to(device=device, dtype=torch.float32).flatten(1)
-        down = self.down.to(device=device, dtype=torch.float32).flatten(1)
-        return torch.mm(up, down).reshape(weight_shape)
+    @property
+    def weight(self) -> str:
+        """ComfyUI's name of the patched weight (e.g. ``diffusion_model.layers.0.attention.qkv.weight``)."""
+        return self.target.weight
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """The graphrun parameters this patch changes."""
+        return tuple(p for p, _ in self.target.params)
+
+    @property
+    def rank(self) -> int:
+        return int(self.down.shape[0]) if self.down is not None else 0
+
+    @property
+    def scale(self) -> float:
+        """``alpha / rank``, or 1.0 without alpha (ComfyUI's rule)."""
+        return 1.0 if self.alpha is None else self.alpha / self.rank
+
+    def block(self, strength: float, device: torch.device | str) -> torch.Tensor:
+        """The float32 amount this patch adds at ``strength`` (``kind`` lora/diff), or the new value
+        (``set``), shaped like the patched block, with ComfyUI's operation order."""
+        shape = self.target.shape
+        if self.kind == "lora":
+            up = self.up.to(device=device, dtype=torch.float32).flatten(1)
+            down = self.down.to(device=device, dtype=torch.float32).flatten(1)
+            return (strength * self.scale) * torch.mm(up, down).reshape(shape)
+        value = self.tensor.to(device=device, dtype=torch.float32)
+        return value if self.kind == "set" else strength * value
 
 
 @dataclass(frozen=True, eq=False)
 class LoraMatch:
-    """What a LoRA does to one model: the patches it applies and the keys that found no module."""
+    """What a LoRA does to one model: its patches in ComfyUI's order, and the file keys it used."""
 
     lora_name: str
-    patches: tuple[ModulePatch, ...] = field(repr=False)
-    matched_modules: int
-    model_modules: int
-    unmatched_keys: tuple[str, ...]
-    ignored_keys: tuple[str, ...] = ()
+    model_kind: str
+    patches: tuple[WeightPatch, ...] = field(repr=False)
+    used_keys: frozenset[str] = field(repr=False)
+    model_weights: int
 
     @property
-    def modules(self) -> tuple[str, ...]:
-        """Names of the patched modules, in patch order, each once."""
-        return tuple(dict.fromkeys(p.module for p in self.patches))
+    def weights(self) -> tuple[str, ...]:
+        """ComfyUI names of the patched weights, each once (the fused qkv counts as one, as there)."""
+        return tuple(dict.fromkeys(p.weight for p in self.patches))
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        """Names of the patched graphrun parameters, in patch order, each once."""
+        return tuple(dict.fromkeys(p for patch in self.patches for p in patch.params))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,12 +260,11 @@ class LoraMatch:
 
 
 def load_lora(path: str | Path) -> LoraWeights:
-    """Read a LoRA safetensors file and normalise its keys (see the module docs for the layouts).
+    """Read a LoRA safetensors file.
 
     Raises :class:`LoraError` for a missing file, a pickle-based file, a file that is not valid
-    safetensors, a file without any LoRA up/down pair, a pair with a missing half or mismatched
-    ranks, and DoRA/LoCon files. Which modules the LoRA patches is only known against a model:
-    see :func:`match_lora`.
+    safetensors, and a file without a single key of any adapter type ComfyUI reads (a checkpoint, an
+    embedding, ...). Which keys apply is only known against a model: see :func:`match_lora`.
     """
     path = Path(path)
     if not path.is_file():
@@ -227,53 +275,13 @@ def load_lora(path: str | Path) -> LoraWeights:
             ".safetensors, because unpickling can run arbitrary code. Convert it to safetensors first."
         )
     tensors, metadata = _read_safetensors(path)
-
-    groups: dict[tuple[str, str], dict[str, tuple[str, torch.Tensor]]] = {}
-    unsupported: list[str] = []
-    for key, tensor in tensors.items():
-        for part_suffix, kind in _REFUSED_PARTS.items():
-            if key.endswith(part_suffix):
-                raise LoraError(
-                    f"LoRA {path.name!r} uses {kind} (key {key!r}); graphrun applies plain LoRA only, "
-                    "and using its up/down matrices alone would give a different result."
-                )
-        parsed = _parse_key(key)
-        if parsed is None:
-            unsupported.append(key)
-            continue
-        prefix, module, part = parsed
-        slot = groups.setdefault((prefix, module), {})
-        if part in slot:
-            raise LoraError(f"LoRA {path.name!r} has two {part} tensors for one module: {slot[part][0]!r} and {key!r}")
-        slot[part] = (key, tensor)
-
-    entries: list[LoraEntry] = []
-    for (prefix, module), slot in groups.items():
-        if "down" not in slot or "up" not in slot:
-            present = ", ".join(k for k, _ in slot.values())
-            if set(slot) == {"alpha"}:
-                unsupported.append(slot["alpha"][0])  # an alpha for an adapter type we do not read
-                continue
-            raise LoraError(
-                f"LoRA {path.name!r} is incomplete: module {module!r} has only {present} "
-                "(a LoRA needs both its down/lora_A and up/lora_B matrices)."
-            )
-        entries.extend(_entries_for(path.name, prefix, module, slot))
-
-    if not entries:
+    if not any(key.endswith(_KNOWN_SUFFIXES) for key in tensors):
         sample = ", ".join(repr(k) for k in list(tensors)[:5])
         raise LoraError(
-            f"{path.name!r} holds no LoRA weights that graphrun can read ({len(tensors)} tensors, e.g. "
-            f"{sample}). Accepted layouts: {ACCEPTED_LAYOUTS}."
+            f"{path.name!r} holds no LoRA weights ({len(tensors)} tensors, e.g. {sample}); ComfyUI "
+            f"{COMFY_LORA_VERSION} would ignore every key of it too. Accepted layouts: {ACCEPTED_LAYOUTS}."
         )
-    entries = _translate_native(entries)
-    return LoraWeights(
-        path=path,
-        layout=_describe_layout(groups),
-        entries=tuple(entries),
-        unsupported_keys=tuple(unsupported),
-        metadata=metadata,
-    )
+    return LoraWeights(path=path, tensors=tensors, metadata=metadata)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -293,88 +301,141 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, metadata
 
 
-def _parse_key(key: str) -> tuple[str, str, str] | None:
-    """Split a file key into (layout prefix, module name, part) with part in down/up/alpha."""
-    for suffix, part in _SUFFIXES:
-        if key.endswith(suffix):
-            stem = key[: -len(suffix)]
-            break
+def _describe_layout(keys: Sequence[str]) -> str:
+    families = (
+        ("lora_unet_", "kohya (lora_unet_)"),
+        ("lora_te", "kohya text encoder (lora_te*)"),
+        ("lycoris_", "LyCORIS (lycoris_)"),
+        ("base_model.model.", "PEFT (base_model.model.)"),
+        ("model.diffusion_model.", "model.diffusion_model."),
+        ("diffusion_model.", "ComfyUI (diffusion_model.)"),
+        ("transformer.", "diffusers (transformer.)"),
+        ("text_encoders.", "text encoder (text_encoders.)"),
+    )
+    found: dict[str, None] = {}
+    for key in keys:
+        label = next((name for prefix, name in families if key.startswith(prefix)), "no prefix")
+        found[label] = None
+    return " + ".join(found) or "empty"
+
+
+# ---------------------------------------------------------------------------------------------
+# ComfyUI's prefix tables
+
+
+def key_map(model: torch.nn.Module) -> _KeyMap:
+    """ComfyUI v0.18.1's LoRA prefix table for ``model`` (a diffusers Z-Image transformer or a
+    transformers Qwen3 text encoder), expressed against the model's own parameter names."""
+    cached = getattr(model, "_graphrun_lora_key_map", None)
+    if cached is not None:
+        return cached
+    if hasattr(model, "all_x_embedder") and hasattr(model, "layers"):
+        table = _zimage_key_map(model)
+    elif hasattr(model, "embed_tokens") and hasattr(model, "layers"):
+        table = _qwen3_key_map(model)
     else:
-        return None
-    for prefix, _ in _PREFIXES:
-        if stem.startswith(prefix) and len(stem) > len(prefix):
-            return prefix, stem[len(prefix):], part
-    return "", stem, part
-
-
-def _entries_for(file: str, prefix: str, module: str, slot: dict[str, tuple[str, torch.Tensor]]) -> list[LoraEntry]:
-    down_key, down = slot["down"]
-    up_key, up = slot["up"]
-    if down.ndim < 2 or up.ndim < 2 or down.shape[0] != up.shape[1]:
         raise LoraError(
-            f"LoRA {file!r}: {down_key!r} {tuple(down.shape)} and {up_key!r} {tuple(up.shape)} "
-            "do not form a low-rank pair (down is [rank, in], up is [out, rank])."
+            f"graphrun applies LoRAs to Z-Image's transformer and its Qwen3 text encoder only, "
+            f"not to {type(model).__name__}."
         )
-    alpha: float | None = None
-    keys = [down_key, up_key]
-    if "alpha" in slot:
-        alpha_key, alpha_tensor = slot["alpha"]
-        if alpha_tensor.numel() != 1:
-            raise LoraError(f"LoRA {file!r}: {alpha_key!r} should be one number, has shape {tuple(alpha_tensor.shape)}")
-        alpha = float(alpha_tensor.float().item())
-        keys.append(alpha_key)
-    underscored = dict(_PREFIXES).get(prefix, False)
-    return [LoraEntry(target=module, down=down, up=up, alpha=alpha, keys=tuple(keys), underscored=underscored)]
+    model._graphrun_lora_key_map = table
+    return table
 
 
-def _translate_native(entries: list[LoraEntry]) -> list[LoraEntry]:
-    """Rename Z-Image original/ComfyUI-native module names to diffusers names, splitting the fused qkv.
-
-    Only done when the file spells at least one module the native way, so the names of other
-    models (which could coincide with a native Z-Image spelling) are left alone."""
-    dotted = [e.target for e in entries if not e.underscored]
-    if not lora_keys.any_native(dotted):
-        return entries
-    out: list[LoraEntry] = []
-    for e in entries:
-        if e.underscored:
-            out.append(e)
-            continue
-        targets = lora_keys.native_to_diffusers(e.target)
-        if not targets:  # a native-only module diffusers does not have: stays unmatched
-            out.append(e)
-            continue
-        for target, third in targets:
-            rows = None if third is None else _third_rows(e.up.shape[0], third, e, target)
-            out.append(LoraEntry(target, e.down, e.up, e.alpha, e.keys, rows=rows, third=third))
-    return out
+def _param_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    # A quantized Linear keeps no `weight` parameter, but ComfyUI's table lists its weight: list it
+    # too, so that a LoRA for it is refused by match_lora instead of silently ignored.
+    for name in _quantized_modules(model):
+        module = model.get_submodule(name)
+        shapes[f"{name}.weight"] = (int(module.out_features), int(module.in_features))
+    return shapes
 
 
-def _third_rows(n_rows: int, third: int, entry: LoraEntry, target: str) -> slice:
-    if n_rows % 3:
-        raise LoraError(
-            f"LoRA key {entry.keys[1]!r} patches a fused qkv module but its {n_rows} output rows "
-            f"do not split into three equal parts for {target!r}."
-        )
-    size = n_rows // 3
-    return slice(third * size, (third + 1) * size)
+def _stacked_target(comfy_key: str, pieces: list[tuple[str, tuple[int, ...]]]) -> _Target:
+    """A ComfyUI weight made of graphrun parameters stacked along the rows (one, or q/k/v)."""
+    if len(pieces) == 1:
+        return _Target(comfy_key, None, ((pieces[0][0], None),), pieces[0][1])
+    params: list[tuple[str, slice | None]] = []
+    start = 0
+    for name, shape in pieces:
+        params.append((name, slice(start, start + shape[0])))
+        start += shape[0]
+    return _Target(comfy_key, None, tuple(params), (start, *pieces[0][1][1:]))
 
 
-def _describe_layout(groups: dict[tuple[str, str], dict]) -> str:
-    names = {
-        "": "diffusers/PEFT (no prefix)",
-        "transformer.": "diffusers/PEFT (transformer.)",
-        "base_model.model.": "PEFT (base_model.model.)",
-        "diffusion_model.": "ComfyUI (diffusion_model.)",
-        "model.diffusion_model.": "ComfyUI (model.diffusion_model.)",
-        "lora_unet_": "kohya (lora_unet_)",
-        "lycoris_": "LyCORIS (lycoris_)",
+# diffusers module names (inside a block) that ComfyUI's Z-Image diffusers table lists
+_ZIMAGE_BLOCK_MODULES = (
+    "attention.to_q", "attention.to_k", "attention.to_v", "attention.norm_q", "attention.norm_k",
+    "attention.to_out.0", "attention_norm1", "attention_norm2", "feed_forward.w1", "feed_forward.w2",
+    "feed_forward.w3", "ffn_norm1", "ffn_norm2", "adaLN_modulation.0",
+)
+_ZIMAGE_GLOBAL_MODULES = (
+    f"all_final_layer.{lora_keys.PATCH_KEY}.linear", f"all_final_layer.{lora_keys.PATCH_KEY}.adaLN_modulation.1",
+    f"all_x_embedder.{lora_keys.PATCH_KEY}", "cap_embedder.0", "cap_embedder.1", "t_embedder.mlp.0",
+    "t_embedder.mlp.2",
+)
+
+
+def _zimage_key_map(model: torch.nn.Module) -> _KeyMap:
+    shapes = _param_shapes(model)
+    # ComfyUI's weights (original Z-Image names), each as the graphrun parameters it consists of
+    stacks: dict[str, list[tuple[int, str]]] = {}
+    for name in shapes:
+        module, dot, leaf = name.rpartition(".")
+        if dot:
+            native, third = lora_keys.diffusers_to_native(module)
+            comfy_key = f"diffusion_model.{native}.{leaf}"
+        else:
+            comfy_key, third = f"diffusion_model.{name}", None
+        stacks.setdefault(comfy_key, []).append((third or 0, name))
+    weights = {
+        key: _stacked_target(key, [(n, shapes[n]) for _, n in sorted(parts)]) for key, parts in stacks.items()
     }
-    prefixes = dict.fromkeys(prefix for prefix, _ in groups)
-    layout = " + ".join(names[p] for p in prefixes)
-    if lora_keys.any_native(module for prefix, module in groups if not dict(_PREFIXES).get(prefix, False)):
-        layout += ", Z-Image native names"
-    return layout
+    comfy_of = {p: key for key, target in weights.items() for p, _ in target.params}
+
+    prefixes: dict[str, _Target] = {}
+    # 1. every weight of ComfyUI's model under its own name, and kohya's flattened spelling of it
+    for key, target in weights.items():
+        if key.endswith(".weight"):
+            module = key[len("diffusion_model."):-len(".weight")]
+            prefixes["lora_unet_" + module.replace(".", "_")] = target
+            prefixes["diffusion_model." + module] = target
+        else:
+            prefixes[key] = target
+    # 2. the diffusers names ComfyUI's Z-Image table lists, with four prefixes each
+    n_refiner = int(getattr(model.config, "n_refiner_layers", len(getattr(model, "noise_refiner", ()))))
+    blocks = [f"layers.{i}" for i in range(len(model.layers))]
+    blocks += [f"context_refiner.{i}" for i in range(n_refiner)] + [f"noise_refiner.{i}" for i in range(n_refiner)]
+    hidden = int(model.config.dim)
+    modules = [f"{b}.{m}" for b in blocks for m in _ZIMAGE_BLOCK_MODULES] + list(_ZIMAGE_GLOBAL_MODULES)
+    for module in modules:
+        param = module + ".weight"
+        if param not in shapes:  # listed by ComfyUI for a weight Z-Image does not have: patches nothing
+            continue
+        target = weights[comfy_of[param]]
+        if len(target.params) > 1:  # to_q/to_k/to_v: ComfyUI narrows the fused qkv to this third
+            third = lora_keys.QKV_TARGETS.index(module.rsplit(".", 1)[1])
+            if shapes[param][0] != hidden:
+                raise LoraError(f"{module}: {shapes[param][0]} rows, ComfyUI's qkv split assumes {hidden}")
+            target = _Target(target.weight, (third * hidden, hidden), ((param, None),), shapes[param])
+        for prefix in (f"diffusion_model.{module}", f"transformer.{module}", "lycoris_" + module.replace(".", "_"), module):
+            prefixes[prefix] = target
+    return _KeyMap(prefixes, weights, "Z-Image transformer")
+
+
+def _qwen3_key_map(model: torch.nn.Module) -> _KeyMap:
+    shapes = _param_shapes(model)
+    weights = {f"qwen3_4b.transformer.model.{n}": _Target(f"qwen3_4b.transformer.model.{n}", None, ((n, None),), s)
+               for n, s in shapes.items()}
+    prefixes: dict[str, _Target] = {}
+    for name in shapes:
+        if name.endswith(".weight"):
+            target = weights[f"qwen3_4b.transformer.model.{name}"]
+            module = name[: -len(".weight")]
+            prefixes[f"text_encoders.qwen3_4b.transformer.model.{module}"] = target
+            prefixes[f"text_encoders.transformer.model.{module}"] = target
+    return _KeyMap(prefixes, weights, "Qwen3 text encoder")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,123 +443,162 @@ def _describe_layout(groups: dict[tuple[str, str], dict]) -> str:
 
 
 def match_lora(model: torch.nn.Module, lora: LoraWeights) -> LoraMatch:
-    """Resolve ``lora`` against the modules of ``model``.
+    """Resolve ``lora`` against ``model`` with ComfyUI v0.18.1's rules (see the module docs).
 
-    Raises :class:`LoraError` (naming the file, sample keys and the accepted layouts) when nothing
-    matches, or when a matched pair has the wrong shape for its module (a LoRA for another model
-    size). Warns with :class:`LoraWarning`, naming the keys, when only part of the file matches.
-    The result is remembered per model, so the warning comes once and re-matching is free.
+    Returns the patches (possibly none) and the file keys they use; keys not used are what ComfyUI
+    would not load either (:func:`check_lora` reports them). Raises :class:`LoraError` when a used
+    key cannot be applied: a pair that does not fit its weight (a LoRA for another model size), a
+    LoRA without its down matrix, or an adapter type graphrun does not implement. The result is
+    remembered per model.
     """
     cached = lora._matches.get(model)
     if cached is not None:
         return cached
+    table = key_map(model)
+    tensors = lora.tensors
+    chosen: dict[tuple[str, tuple[int, int] | None], WeightPatch] = {}  # ComfyUI's patch dict
+    used: set[str] = set()
+    quantized = _quantized_modules(model)
 
-    weights = {
-        name: module.weight
-        for name, module in model.named_modules()
-        if isinstance(getattr(module, "weight", None), torch.Tensor)
-    }
-    underscored_index: dict[str, list[tuple[str, int | None]]] | None = None
-    unmatched: list[str] = []
-    candidates: list[tuple[int, ModulePatch]] = []  # (priority: 0 = a module's own pair, 1 = a fused share)
+    for prefix, target in table.prefixes.items():
+        alpha_key = f"{prefix}.alpha"
+        alpha = float(tensors[alpha_key].float().item()) if alpha_key in tensors else None
+        if alpha is not None:
+            used.add(alpha_key)
+        dora_key = f"{prefix}.dora_scale"
+        for up_suffix, down_suffix in _LORA_FORMS:
+            up_key = prefix + up_suffix
+            if up_key not in tensors:
+                continue
+            down_key = prefix + down_suffix
+            if down_key not in tensors:
+                raise LoraError(f"LoRA {lora.name!r} is incomplete: {up_key!r} has no {down_key!r} "
+                                f"(ComfyUI {COMFY_LORA_VERSION} fails on it too).")
+            for extra, what in ((dora_key, "DoRA"), (f"{prefix}.reshape_weight", "`reshape_weight`")):
+                if extra in tensors:
+                    raise _unsupported(lora, what, extra)
+            if up_suffix == ".lora_up.weight" and f"{prefix}.lora_mid.weight" in tensors:
+                raise _unsupported(lora, "LoCon (Tucker) `lora_mid`", f"{prefix}.lora_mid.weight")
+            keys = (down_key, up_key) + ((alpha_key,) if alpha is not None else ())
+            patch = WeightPatch("lora", target, keys, up=tensors[up_key], down=tensors[down_key], alpha=alpha)
+            _check_fits(lora, patch)
+            chosen[target.ident] = patch
+            used.update((up_key, down_key))
+            break
+        for what, suffixes in _UNSUPPORTED_ADAPTERS:
+            for suffix in suffixes:
+                if prefix + suffix in tensors:
+                    raise _unsupported(lora, what, prefix + suffix)
+        for suffix, on_bias, kind in ((".w_norm", False, "diff"), (".b_norm", True, "diff"), (".diff", False, "diff"),
+                                      (".diff_b", True, "diff"), (".set_weight", False, "set")):
+            key = prefix + suffix
+            if key not in tensors or (suffix == ".b_norm" and f"{prefix}.w_norm" not in tensors):
+                continue
+            where = _bias_target(table, target) if on_bias else target
+            if where is None:  # ComfyUI derives a bias name that does not exist: not applied there either
+                continue
+            patch = WeightPatch(kind, where, (key,), tensor=tensors[key])
+            _check_fits(lora, patch)
+            chosen[where.ident] = patch
+            used.add(key)
 
-    for entry in lora.entries:
-        if entry.underscored:
-            if underscored_index is None:
-                underscored_index = _underscored_index(weights)
-            resolved = underscored_index.get(entry.target, [])
-        else:
-            resolved = [(entry.target, entry.third)] if entry.target in weights else []
-        if not resolved:
-            unmatched.extend(entry.keys)
-            continue
-        for module, third in resolved:
-            rows = entry.rows
-            if rows is None and third is not None:
-                rows = _third_rows(entry.up.shape[0], third, entry, module)
-            patch = ModulePatch(module, entry.down, entry.up, rows, entry.scale, entry.keys)
-            _check_shape(lora.name, patch, weights[module])
-            candidates.append((0 if rows is None else 1, patch))
-
-    # A file may carry the same update twice (e.g. a fused qkv pair next to split to_q/to_k/to_v
-    # pairs, for loaders that read only one of them); apply one per module so it is not doubled.
-    chosen: dict[str, tuple[int, ModulePatch]] = {}
-    ignored: list[str] = []
-    for priority, patch in candidates:
-        kept = chosen.get(patch.module)
-        if kept is None or priority < kept[0]:
-            if kept is not None:
-                ignored.extend(k for k in kept[1].keys if k not in ignored)
-            chosen[patch.module] = (priority, patch)
-        else:
-            ignored.extend(k for k in patch.keys if k not in ignored)
-    patches = tuple(p for _, p in chosen.values())
-    used = {k for p in patches for k in p.keys}
-    ignored = [k for k in ignored if k not in used]
-    unmatched.extend(lora.unsupported_keys)
-
-    if not patches:
-        sample = ", ".join(repr(k) for k in lora.keys[:4])
-        raise LoraError(
-            f"LoRA {lora.name!r} matched none of the {len(weights)} weight modules of "
-            f"{type(model).__name__} (detected layout: {lora.layout}; keys e.g. {sample}; "
-            f"{len(lora.keys)} keys in all). It may be made for another model. Accepted layouts: "
-            f"{ACCEPTED_LAYOUTS}."
-        )
-    match = LoraMatch(
-        lora_name=lora.name,
-        patches=patches,
-        matched_modules=len(chosen),
-        model_modules=len(weights),
-        unmatched_keys=tuple(unmatched),
-        ignored_keys=tuple(ignored),
-    )
-    if unmatched:
-        warnings.warn(
-            f"LoRA {lora.name!r}: {len(unmatched)} of {len(lora.keys)} keys were not applied (no matching "
-            f"module in {type(model).__name__}, or an unsupported adapter type): {_few(unmatched)}; "
-            f"{match.matched_modules} modules patched.",
-            LoraWarning,
-            stacklevel=2,
-        )
-    if ignored:
-        warnings.warn(
-            f"LoRA {lora.name!r} patches some modules more than once (fused and split keys, or one "
-            f"module under two prefixes); applied one pair per module, preferring split keys, and "
-            f"ignored {len(ignored)} keys: {_few(ignored)}.",
-            LoraWarning,
-            stacklevel=2,
-        )
+    patches = tuple(chosen.values())
+    for patch in patches:
+        for param in patch.params:
+            if param.rpartition(".")[0] in quantized:
+                raise LoraError(
+                    f"LoRA {lora.name!r} patches {param!r}, a quantized layer; graphrun cannot patch "
+                    "quantized weights (ComfyUI would). Load the model unquantized to use this LoRA."
+                )
+    # keys of patches that a later prefix overrode still count as loaded, as in ComfyUI
+    match = LoraMatch(lora.name, table.model_kind, patches, frozenset(used), len(table.weights))
     lora._matches[model] = match
     return match
 
 
-def _underscored_index(weights: dict[str, torch.Tensor]) -> dict[str, list[tuple[str, int | None]]]:
-    """kohya names replace every "." with "_", so `feed_forward_w1` cannot be split back without
-    knowing the model: index the model's module names (and their Z-Image native spellings) that way."""
-    index: dict[str, list[tuple[str, int | None]]] = {}
-    for name in weights:
-        index.setdefault(name.replace(".", "_"), []).append((name, None))
-        native, third = lora_keys.diffusers_to_native(name)
-        if native != name:
-            index.setdefault(native.replace(".", "_"), []).append((name, third))
-    # Two different modules that flatten to the same string cannot be told apart: leave them unmatched.
-    return {
-        key: targets
-        for key, targets in index.items()
-        if len(targets) == 1 or all(third is not None for _, third in targets)
-    }
+def _bias_target(table: _KeyMap, target: _Target) -> _Target | None:
+    """The bias ComfyUI patches for a ``.diff_b``/``.b_norm`` key: named after the weight's key."""
+    if target.offset is not None or not target.weight.endswith(".weight"):
+        return None
+    return table.weights.get(target.weight[: -len(".weight")] + ".bias")
 
 
-def _check_shape(file: str, patch: ModulePatch, weight: torch.Tensor) -> None:
-    out_rows = patch.up.shape[0] if patch.rows is None else len(range(*patch.rows.indices(patch.up.shape[0])))
-    in_size = patch.down.flatten(1).shape[1]
-    if weight.ndim < 2 or out_rows != weight.shape[0] or in_size != weight[0].numel():
+def _quantized_modules(model: torch.nn.Module) -> set[str]:
+    return {name for name, module in model.named_modules() if hasattr(module, "quantized_weight")}
+
+
+def _unsupported(lora: LoraWeights, what: str, key: str) -> LoraError:
+    return LoraError(
+        f"LoRA {lora.name!r} uses {what} (key {key!r}); ComfyUI {COMFY_LORA_VERSION} applies it, graphrun "
+        "does not implement it, so the result would silently differ. Use a plain LoRA."
+    )
+
+
+def _check_fits(lora: LoraWeights, patch: WeightPatch) -> None:
+    target = patch.target
+    numel = 1
+    for size in target.shape:
+        numel *= size
+    if patch.kind == "lora":
+        if patch.up.ndim < 2 or patch.down.ndim < 2 or patch.up.flatten(1).shape[1] != patch.down.shape[0]:
+            raise LoraError(
+                f"LoRA {lora.name!r}: {patch.keys[0]!r} {tuple(patch.down.shape)} and {patch.keys[1]!r} "
+                f"{tuple(patch.up.shape)} do not form a low-rank pair (down is [rank, in], up is [out, rank])."
+            )
+        rows, cols = patch.up.shape[0], patch.down.flatten(1).shape[1]
+        fits = rows * cols == numel  # ComfyUI reshapes up @ down to the weight's shape
+        got = f"a {rows}x{cols} update"
+    else:
+        fits = tuple(patch.tensor.shape) == target.shape
+        got = f"a {tuple(patch.tensor.shape)} tensor"
+    if not fits:
         raise LoraError(
-            f"LoRA {file!r} does not fit module {patch.module!r}: {patch.keys[0]!r} / {patch.keys[1]!r} give a "
-            f"{out_rows}x{in_size} update for a weight of shape {tuple(weight.shape)} "
-            "(a LoRA for another model or model size?)."
+            f"LoRA {lora.name!r} does not fit {target.weight!r}: {patch.keys[-1]!r} gives {got} for a weight "
+            f"of shape {target.shape} (a LoRA for another model or model size?)."
         )
+
+
+def check_lora(lora: LoraWeights, models: Sequence[torch.nn.Module]) -> tuple[LoraMatch, ...]:
+    """Match ``lora`` against every model ComfyUI's loader would see (the transformer, plus the text
+    encoder for ``LoraLoader``) and report what is not applied, the way ComfyUI decides it.
+
+    Warns once with :class:`LoraWarning`, naming the keys that none of the models uses (ComfyUI
+    ignores the same keys). Raises :class:`LoraError` when no key applies at all, saying that ComfyUI
+    would also ignore the file.
+    """
+    matches = tuple(match_lora(model, lora) for model in models)
+    used = set().union(*(m.used_keys for m in matches))
+    ignored = [k for k in lora.keys if k not in used]
+    kinds = " and the ".join(m.model_kind for m in matches)
+    hints = _hints(lora, ignored, matches)
+    if not used:
+        sample = ", ".join(repr(k) for k in lora.keys[:4])
+        total = sum(m.model_weights for m in matches)
+        raise LoraError(
+            f"LoRA {lora.name!r} matched none of the {total} weights of the {kinds} (detected layout: "
+            f"{lora.layout}; keys e.g. {sample}; {len(lora.keys)} keys in all). ComfyUI {COMFY_LORA_VERSION} "
+            f"would ignore every key of it too and leave the model unchanged.{hints} It may be made for "
+            f"another model. Accepted layouts: {ACCEPTED_LAYOUTS}."
+        )
+    if ignored:
+        patched_weights = sum(len(m.weights) for m in matches)
+        warnings.warn(
+            f"LoRA {lora.name!r}: {len(ignored)} of {len(lora.keys)} keys are not applied, and ComfyUI "
+            f"{COMFY_LORA_VERSION} ignores them too ('lora key not loaded'): {_few(ignored)}; "
+            f"{patched_weights} weights patched.{hints}",
+            LoraWarning,
+            stacklevel=2,
+        )
+    return matches
+
+
+def _hints(lora: LoraWeights, ignored: Sequence[str], matches: Sequence[LoraMatch]) -> str:
+    notes: list[str] = []
+    if any(k.startswith("text_encoders.") for k in ignored) and all(m.model_kind != "Qwen3 text encoder" for m in matches):
+        notes.append("its text-encoder keys apply only with a CLIP connected (ComfyUI's LoraLoader)")
+    if any(k.startswith("lora_te") and "text_model" not in k for k in ignored):  # not a CLIP's keys
+        notes.append("kohya `lora_te*` keys are not read for Z-Image's Qwen3 encoder by this ComfyUI version")
+    return "".join(f" Note: {n}." for n in notes)
 
 
 def _few(keys: Sequence[str], n: int = 5) -> str:
@@ -540,10 +640,10 @@ def patched(
 ) -> Iterator[None]:
     """Apply ``(lora, strength)`` pairs to ``model``'s weights in place for the ``with`` block.
 
-    Each patched weight becomes ``W + Σ strength·(alpha/rank)·(up @ down)``, summed in float32 in the
-    given order and cast back once. On exit the original weights are restored bit for bit from
-    backups of just the touched weights (kept on ``backup_device``, default: the weight's own device;
-    ``"cpu"`` saves accelerator memory at the cost of copies). Pairs with strength 0 are skipped.
+    Each patched weight is computed in float32 from its original value, all patches of all LoRAs in
+    order (ComfyUI's order), and cast back once. On exit the original weights are restored bit for bit
+    from backups of just the touched weights (kept on ``backup_device``, default: the weight's own
+    device; ``"cpu"`` saves accelerator memory at the cost of copies). Pairs with strength 0 are skipped.
 
     Entering again with the same LoRA objects and strengths while they are applied (a nested block)
     does nothing; a nested block with a different set swaps it in and puts the outer set back on
@@ -573,33 +673,39 @@ def _same_set(a: tuple[tuple[LoraWeights, float], ...], b: tuple[tuple[LoraWeigh
     return len(a) == len(b) and all(la is lb and sa == sb for (la, sa), (lb, sb) in zip(a, b))
 
 
-def _plan(model: torch.nn.Module, loras: tuple[tuple[LoraWeights, float], ...]) -> dict[str, list[tuple[ModulePatch, float]]]:
-    """Group the patches of all LoRAs by module, keeping the LoRAs' order within each module."""
-    plan: dict[str, list[tuple[ModulePatch, float]]] = {}
-    for lora, strength in loras:
-        for patch in match_lora(model, lora).patches:
-            plan.setdefault(patch.module, []).append((patch, strength))
-    return plan
+def _plan(model: torch.nn.Module, loras: tuple[tuple[LoraWeights, float], ...]) -> list[tuple[WeightPatch, float]]:
+    """Every patch of every LoRA with its strength, LoRAs in order, each LoRA's patches in ComfyUI's order."""
+    return [(patch, strength) for lora, strength in loras for patch in match_lora(model, lora).patches]
 
 
 @torch.no_grad()
 def _apply(
     model: torch.nn.Module,
     state: _PatchState,
-    plan: dict[str, list[tuple[ModulePatch, float]]],
+    plan: list[tuple[WeightPatch, float]],
     loras: tuple[tuple[LoraWeights, float], ...],
     backup_device: torch.device | str | None,
 ) -> None:
-    modules = dict(model.named_modules())
+    params = dict(model.named_parameters())
     state.applied = loras  # set first: a failure half-way still leaves `_restore` with the backups
-    for name, patches in plan.items():
-        weight = modules[name].weight
+    totals: dict[str, torch.Tensor] = {}
+    for patch, strength in plan:
+        first = params[patch.target.params[0][0]]
+        block = patch.block(strength, first.device)
+        for name, rows in patch.target.params:
+            total = totals.get(name)
+            if total is None:
+                total = totals[name] = params[name].detach().to(torch.float32, copy=True)
+            part = block if rows is None else block[rows]
+            if patch.kind == "set":
+                total.copy_(part.reshape(total.shape))
+            else:
+                total += part.reshape(total.shape)
+    for name, total in totals.items():
+        weight = params[name]
         if id(weight) not in state.backups:
             backup = weight.detach().to(device=backup_device or weight.device, copy=True)
             state.backups[id(weight)] = (weight, backup)
-        total = weight.detach().to(torch.float32, copy=True)
-        for patch, strength in patches:
-            total += (strength * patch.scale) * patch.delta(total.shape, total.device)
         weight.copy_(total.to(weight.dtype))
 
 

@@ -6,7 +6,8 @@ A name like ``z_image_turbo_bf16.safetensors`` resolves, in order, as:
    ``GRAPHRUN_MODELS`` environment variable (``os.pathsep``-separated), then ComfyUI's
    ``extra_model_paths.yaml`` (given by ``--extra-model-paths`` or ``GRAPHRUN_EXTRA_MODEL_PATHS``).
 The kind folders follow ComfyUI's layout: ``diffusion_models/`` or ``unet/``,
-``text_encoders/`` or ``clip/``, ``vae/``, ``loras/``, ``upscale_models/``.
+``text_encoders/`` or ``clip/``, ``vae/``, ``loras/``, ``upscale_models/``, ``embeddings/`` (textual
+inversion embeddings, named in prompts as ``embedding:NAME``).
 The models dir ``tiny`` stands for the built-in tiny random-weight Z-Image in ComfyUI layout. When no
 models dir is configured at all (no ``--models-dir``, no ``GRAPHRUN_MODELS``, no extra paths file),
 names resolve in ``tiny``, so shipped graphs and ComfyUI workflows run offline out of the box; a
@@ -24,6 +25,7 @@ KIND_FOLDERS: dict[str, tuple[str, ...]] = {
     "vae": ("vae",),
     "loras": ("loras",),
     "upscale_models": ("upscale_models",),
+    "embeddings": ("embeddings",),
 }
 # extra_model_paths.yaml keys -> our kinds
 _EXTRA_KEYS = {
@@ -34,6 +36,7 @@ _EXTRA_KEYS = {
     "vae": "vae",
     "loras": "loras",
     "upscale_models": "upscale_models",
+    "embeddings": "embeddings",
 }
 
 

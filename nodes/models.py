@@ -52,10 +52,22 @@ class ModelHandle:
 
 @dataclass(frozen=True, eq=False)
 class ClipHandle:
-    """CLIP: the Qwen3 text encoder and its tokenizer."""
+    """CLIP: the Qwen3 text encoder, its tokenizer, and LoRA patches (applied only while encoding)."""
 
     text_encoder: Any
     tokenizer: Any
+    loras: tuple[tuple["LoraWeights", float], ...] = ()
+
+    def with_lora(self, lora: "LoraWeights", strength: float) -> "ClipHandle":
+        return replace(self, loras=self.loras + ((lora, strength),))
+
+    @contextmanager
+    def ready(self) -> Iterator[tuple[Any, Any]]:
+        """``(text_encoder, tokenizer)`` with this handle's LoRAs patched into the encoder meanwhile."""
+        from .lora import patched
+
+        with patched(self.text_encoder, self.loras):
+            yield self.text_encoder, self.tokenizer
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,7 +228,9 @@ def load_text_encoder(
     """Load the Qwen3 text encoder from one safetensors file (ComfyUI CLIPLoader, type lumina2).
 
     The tokenizer is looked for next to the file (`tokenizer/`) or in `GRAPHRUN_TOKENIZER`;
-    the tiny model's encoder uses its built-in byte tokenizer.
+    the tiny model's encoder uses its built-in byte tokenizer. ComfyUI's quantized encoders
+    (`qwen_3_4b_fp8_mixed`, `*_fp8_scaled`, nvfp4/mxfp8 mixed files) load too: their quantized layers are
+    dequantized in float32 at each call, exactly as ComfyUI v0.18.1 does.
     """
     from .zimage.loading import load_text_encoder_file
 
@@ -286,28 +300,32 @@ def load_lora(
     clip: Clip | None = None,
     strength_clip: Annotated[float, Field(ge=-100.0, le=100.0)] = 1.0,
 ) -> LoraOutputs:
-    """Add a LoRA to a model handle (ComfyUI LoraLoader / LoraLoaderModelOnly).
+    """Add a LoRA to a model handle and, with a clip, to the text encoder (ComfyUI LoraLoader /
+    LoraLoaderModelOnly).
 
-    Accepts diffusers/PEFT keys, kohya `lora_unet_...`, `diffusion_model....` with lora_A/B or
-    lora_down/up (+alpha), and ComfyUI-native names including the fused `attention.qkv`.
-    Stack several by chaining; the base weights are shared and patched only while sampling.
-    A LoRA that matches nothing is an error; a partial match warns with the unmatched keys.
-    Text-encoder LoRA weights are not applied (the clip passes through unchanged).
+    Keys are read exactly as ComfyUI v0.18.1 reads them for Z-Image: diffusers/PEFT names (bare,
+    `transformer.`, `diffusion_model.`, `lycoris_`), ComfyUI's own names with `diffusion_model.` or
+    kohya `lora_unet_` (the fused `attention.qkv` included), as lora_A/B or lora_down/up (+alpha)
+    pairs or `.diff`; with a clip also the Qwen3 encoder's `text_encoders.transformer.model.*` keys,
+    at `strength_clip`. Keys ComfyUI ignores are ignored too, with one warning naming them; a LoRA
+    of which nothing applies is an error. Stack several by chaining; the base weights are shared and
+    patched only while sampling (transformer) or encoding (text encoder).
     """
-    from .lora import load_lora as read_lora, match_lora
+    from .lora import check_lora, load_lora as read_lora
 
     if no_lora(name) or (strength_model == 0 and strength_clip == 0):
         return LoraOutputs(model, clip)
     lora = read_lora(resolve_lora(ctx, name))
+    models = [model.denoiser.transformer] + ([clip.text_encoder] if clip is not None else [])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        match = match_lora(model.denoiser.transformer, lora)
+        matches = check_lora(lora, models)
     for warning in caught:
         ctx.warn(str(warning.message))
-    if clip is not None and strength_clip != 0 and any(k.startswith(("lora_te", "text_encoder")) for k in lora.keys):
-        ctx.warn("text-encoder LoRA weights are not applied")
-    del match  # matching validated the file against this model; patches are applied at sampling
+    # matching validated the file against the models; patches are applied while they run
     handle = model if strength_model == 0 else model.with_lora(lora, strength_model)
+    if clip is not None and strength_clip != 0 and matches[1].patches:
+        clip = clip.with_lora(lora, strength_clip)
     return LoraOutputs(handle, clip)
 
 

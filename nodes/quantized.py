@@ -126,7 +126,7 @@ class QuantizedWeight:
 def dequantize(weight: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
     """Dequantize one weight to ``dtype`` with ComfyUI's operation order (see the module doc)."""
     if weight.format in _FP8_STORAGE:
-        # Two roundings into dtype, then one product in dtype.
+        # Both factors in dtype first (the fp8 values exactly, the scale rounded), then one product.
         return weight.data.to(dtype) * weight.scale.to(dtype)
     if weight.format == "nvfp4":
         return _dequantize_nvfp4(weight, dtype)
@@ -360,7 +360,9 @@ def read_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, kind: 
         allowed = ("weight",) + _LAYER_TENSORS[conf["format"]]
         own = {name: state.pop(f"{layer}.{name}") for name in allowed if f"{layer}.{name}" in state}
         quantized[layer] = _quantized_weight(layer, conf, own, path, what)
-    leftovers = sorted(k for k in state if _layer_of(k)[1] in _QUANT_SUFFIXES or k == _MARKER)
+    # Weight scales first: they are what makes a file load wrong when ignored.
+    leftovers = sorted((k for k in state if _layer_of(k)[1] in _QUANT_SUFFIXES or k == _MARKER),
+                       key=lambda k: (_layer_of(k)[1] not in ("scale_weight", "weight_scale"), k))
     if leftovers:
         layer, suffix = _layer_of(leftovers[0])
         if layer in configs:

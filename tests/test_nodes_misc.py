@@ -1,7 +1,6 @@
 """Node declarations agree with the sampling registries; the bundled FlowMatch plugin works standalone."""
 from __future__ import annotations
 
-import typing
 from pathlib import Path
 
 import torch
@@ -12,12 +11,17 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_sampler_and_scheduler_choices_match_the_registries():
-    from graphrun.nodes.sample import SamplerName, SchedulerName
     from graphrun.nodes.sampling.samplers import SAMPLERS
     from graphrun.nodes.sampling.schedules import SCHEDULERS
 
-    assert list(typing.get_args(SamplerName)) == list(SAMPLERS)
-    assert list(typing.get_args(SchedulerName)) == list(SCHEDULERS)
+    registry = builtin_registry()
+    for node_type, input_name, names in [("Sampler", "sampler", SAMPLERS), ("Sampler", "scheduler", SCHEDULERS),
+                                         ("SamplerAdvanced", "sampler", SAMPLERS),
+                                         ("SamplerAdvanced", "scheduler", SCHEDULERS),
+                                         ("KSamplerSelect", "sampler", SAMPLERS),
+                                         ("BasicScheduler", "scheduler", SCHEDULERS)]:
+        spec = registry.get(node_type).input(input_name)
+        assert spec.type_name == "COMBO" and list(spec.choices) == list(names), (node_type, input_name)
 
 
 def test_every_builtin_node_is_documented_and_declares_its_comfy_counterpart_where_one_exists():

@@ -9,6 +9,11 @@ them and patching must therefore give identical weights, which is what the tests
 
 Magnitudes are comparable to the tiny model's own weights, so a patched model's output visibly
 differs from the base model's.
+
+``comfy_native_qkv`` uses *bare* original names (``layers.0.attention.qkv.lora_A.weight``): ComfyUI
+v0.18.1 has no such prefix for Z-Image and ignores every key of it, and so does graphrun (the file
+"matches nothing"). :func:`write_comfy_ignored_loras` writes further layouts that ComfyUI ignores
+wholly or in part, for tests.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from safetensors.torch import save_file
 
 from graphrun.nodes.zimage import lora_keys
 
-__all__ = ["LAYOUTS", "RANK", "canonical_pairs", "write_test_loras"]
+__all__ = ["IGNORED_LAYOUTS", "LAYOUTS", "RANK", "canonical_pairs", "write_comfy_ignored_loras", "write_test_loras"]
 
 #: Rank of the test LoRAs.
 RANK = 4
@@ -33,9 +38,20 @@ LAYOUTS = (
     "diffusion_model_ab",  # diffusion_model.<native>.lora_A.weight / lora_B.weight (fused qkv)
     "diffusion_model_updown",  # diffusion_model.<native>.lora_down.weight / lora_up.weight / alpha
     "diffusion_model_diffusers_names",  # diffusion_model.<diffusers>.lora_A/B.weight (ai-toolkit style)
-    "comfy_native_qkv",  # <native>.lora_A/B.weight, only the fused attention.qkv modules
+    "comfy_native_qkv",  # <native>.lora_A/B.weight, only the fused attention.qkv modules (ComfyUI ignores it)
     "unmatched",  # SDXL UNet + CLIP keys: matches nothing in Z-Image
     "partial",  # half Z-Image keys, half keys for modules the tiny model does not have
+)
+
+#: The layouts `write_comfy_ignored_loras` writes: every module of the canonical update under a key
+#: spelling ComfyUI v0.18.1 does not read for Z-Image (in whole or, for bare_native, in part).
+IGNORED_LAYOUTS = (
+    "bare_native",  # <native>.lora_A/B.weight for every module: only names diffusers shares apply
+    "peft_base_model",  # base_model.model.<diffusers>.lora_A/B.weight
+    "model_diffusion_model",  # model.diffusion_model.<native>.lora_A/B.weight
+    "transformer_native",  # transformer.<native>.lora_A/B.weight (qkv, out, x_embedder, final_layer ignored)
+    "kohya_diffusers_names",  # lora_unet_<diffusers with _> (to_q, to_out_0, all_x_embedder ignored)
+    "lycoris_native",  # lycoris_<native with _> (qkv, out, x_embedder, final_layer ignored)
 )
 
 
@@ -151,6 +167,35 @@ def write_test_loras(transformer: torch.nn.Module, out_dir: Path, seed: int = 20
     for layout in LAYOUTS:
         path = out_dir / f"tiny_lora_{layout}.safetensors"
         # safetensors refuses tensors that share memory (the shared q/k/v down): store copies
+        save_file({k: v.contiguous().clone() for k, v in files[layout].items()}, str(path), metadata={"layout": layout})
+        paths[layout] = path
+    return paths
+
+
+def write_comfy_ignored_loras(transformer: torch.nn.Module, out_dir: Path, seed: int = 20240607) -> dict[str, Path]:
+    """Write the canonical update once per layout of ``IGNORED_LAYOUTS`` into ``out_dir``.
+
+    Returns ``{layout: path}``. The keys are those a user might expect to work but ComfyUI v0.18.1
+    does not read for Z-Image (``bare_native`` and the ``transformer_``/``kohya_``/``lycoris_`` ones
+    partly work: where the original and diffusers names agree, as for ``feed_forward.w1``).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = canonical_pairs(transformer, seed)
+    native = _native_pairs(pairs)
+    underscored = {name.replace(".", "_"): pair for name, pair in pairs.items()}
+    native_underscored = {name.replace(".", "_"): pair for name, pair in native.items()}
+    files: dict[str, dict[str, torch.Tensor]] = {
+        "bare_native": _ab(native, "", ".lora_A.weight", ".lora_B.weight"),
+        "peft_base_model": _ab(pairs, "base_model.model.", ".lora_A.weight", ".lora_B.weight"),
+        "model_diffusion_model": _ab(native, "model.diffusion_model.", ".lora_A.weight", ".lora_B.weight"),
+        "transformer_native": _ab(native, "transformer.", ".lora_A.weight", ".lora_B.weight"),
+        "kohya_diffusers_names": _ab(underscored, "lora_unet_", ".lora_down.weight", ".lora_up.weight"),
+        "lycoris_native": _ab(native_underscored, "lycoris_", ".lora_down.weight", ".lora_up.weight"),
+    }
+    paths: dict[str, Path] = {}
+    for layout in IGNORED_LAYOUTS:
+        path = out_dir / f"tiny_lora_{layout}.safetensors"
         save_file({k: v.contiguous().clone() for k, v in files[layout].items()}, str(path), metadata={"layout": layout})
         paths[layout] = path
     return paths
