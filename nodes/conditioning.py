@@ -1,10 +1,12 @@
 """Text conditioning: TextEncode, ConditioningZeroOut."""
 from __future__ import annotations
 
+import warnings
 from typing import Annotated
 
 from pydantic import Field
 
+from graphrun.engine.context import Context
 from graphrun.engine.node import Comfy, node
 
 from .types import Clip, Conditioning
@@ -14,18 +16,36 @@ from .types import Clip, Conditioning
     "TextEncode",
     category="conditioning",
     comfy=Comfy("CLIPTextEncode", dynamic_prompts=("text",)),
+    version=2,  # 2: embedding: words, ComfyUI's escapes, the clip's LoRAs
 )
-def text_encode(clip: Clip, text: Annotated[str, Field(description="the prompt")] = "") -> Conditioning:
+def text_encode(ctx: Context, clip: Clip, text: Annotated[str, Field(description="the prompt")] = "") -> Conditioning:
     """Encode a prompt for Z-Image (ComfyUI CLIPTextEncode with the lumina2/Z-Image encoder).
 
     The prompt is wrapped in Qwen3's chat template, tokenized without padding or truncation,
-    and the second-to-last hidden state is taken, computed in fp32. A prompt longer than the
-    encoder's limit is an error (diffusers would silently cut it at 512 tokens).
+    and the second-to-last hidden state is taken, computed in fp32, with the clip's LoRAs
+    (LoadLora's strength_clip) applied meanwhile. `embedding:NAME` words splice the textual-
+    inversion embedding `embeddings/NAME.safetensors` (see --models-dir) into the tokens; a missing
+    one is dropped with a warning. Only `\\(` and `\\)` are unescaped, as in ComfyUI. A prompt
+    longer than the encoder's limit is an error (diffusers would silently cut it at 512 tokens).
     """
+    from .model_files import search_folders
     from .sampling.guidance import Conditioning as ConditioningValue
-    from .zimage.text import encode_prompt
+    from .zimage.text import EMBEDDING_PREFIX, EmbeddingWarning, encode_prompt
 
-    return ConditioningValue.from_tensor(encode_prompt((clip.text_encoder, clip.tokenizer), text))
+    folders: list = []
+    if EMBEDDING_PREFIX in text:  # only then: finding the folders may build the tiny model's folder
+        folders = search_folders("embeddings", ctx.options.extra.get("models_dirs", []),
+                                 ctx.options.extra.get("extra_model_paths"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with clip.ready() as encoder:
+            cond = encode_prompt(encoder, text, folders)
+    for warning in caught:  # missing embeddings become node warnings; anything else passes through
+        if issubclass(warning.category, EmbeddingWarning):
+            ctx.warn(str(warning.message))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return ConditioningValue.from_tensor(cond)
 
 
 @node("ConditioningZeroOut", category="conditioning", comfy=Comfy("ConditioningZeroOut"))

@@ -34,7 +34,8 @@ ComfyUI and both apply, as there. Each patched weight becomes::
     W' = W + strength · diff                                (.diff / .w_norm / .diff_b / .b_norm)
 
 computed in float32, in ComfyUI's order, and cast back to the weight's dtype once; several LoRAs are
-applied in order before that cast. :func:`patched` applies a list of ``(lora, strength)`` for the
+applied in order before that cast. On GPUs where ComfyUI v0.18.1 does its LoRA math in float16 (see
+:func:`lora_compute_dtype`) graphrun does too, for a bf16/fp16 model. :func:`patched` applies a list of ``(lora, strength)`` for the
 duration of a ``with`` block and puts the original weights back bit for bit after, so graph branches
 with different LoRAs share one model in memory.
 
@@ -69,6 +70,7 @@ __all__ = [
     "check_lora",
     "key_map",
     "load_lora",
+    "lora_compute_dtype",
     "match_lora",
     "patched",
 ]
@@ -222,15 +224,17 @@ class WeightPatch:
         """``alpha / rank``, or 1.0 without alpha (ComfyUI's rule)."""
         return 1.0 if self.alpha is None else self.alpha / self.rank
 
-    def block(self, strength: float, device: torch.device | str) -> torch.Tensor:
-        """The float32 amount this patch adds at ``strength`` (``kind`` lora/diff), or the new value
-        (``set``), shaped like the patched block, with ComfyUI's operation order."""
+    def block(self, strength: float, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The amount this patch adds at ``strength`` (``kind`` lora/diff), or the new value (``set``), in
+        ``dtype`` (the patch computation dtype), shaped like the patched block, in ComfyUI's operation
+        order: a LoRA's ``up @ down`` is always float32 and scaled before the cast to ``dtype``; a diff is
+        cast first and scaled in ``dtype``."""
         shape = self.target.shape
         if self.kind == "lora":
             up = self.up.to(device=device, dtype=torch.float32).flatten(1)
             down = self.down.to(device=device, dtype=torch.float32).flatten(1)
-            return (strength * self.scale) * torch.mm(up, down).reshape(shape)
-        value = self.tensor.to(device=device, dtype=torch.float32)
+            return ((strength * self.scale) * torch.mm(up, down).reshape(shape)).to(dtype)
+        value = self.tensor.to(device=device, dtype=dtype)
         return value if self.kind == "set" else strength * value
 
 
@@ -552,8 +556,10 @@ def _check_fits(lora: LoraWeights, patch: WeightPatch) -> None:
         fits = tuple(patch.tensor.shape) == target.shape
         got = f"a {tuple(patch.tensor.shape)} tensor"
     if not fits:
+        where = " + ".join(repr(p) for p, _ in target.params)
+        key = patch.keys[1] if patch.kind == "lora" else patch.keys[0]
         raise LoraError(
-            f"LoRA {lora.name!r} does not fit {target.weight!r}: {patch.keys[-1]!r} gives {got} for a weight "
+            f"LoRA {lora.name!r} does not fit {where}: {key!r} gives {got} for a weight "
             f"of shape {target.shape} (a LoRA for another model or model size?)."
         )
 
@@ -640,8 +646,9 @@ def patched(
 ) -> Iterator[None]:
     """Apply ``(lora, strength)`` pairs to ``model``'s weights in place for the ``with`` block.
 
-    Each patched weight is computed in float32 from its original value, all patches of all LoRAs in
-    order (ComfyUI's order), and cast back once. On exit the original weights are restored bit for bit
+    Each patched weight is computed from its original value in float32 (float16 on the GPUs where
+    ComfyUI does that, see :func:`lora_compute_dtype`), all patches of all LoRAs in order (ComfyUI's
+    order), and cast back once. On exit the original weights are restored bit for bit
     from backups of just the touched weights (kept on ``backup_device``, default: the weight's own
     device; ``"cpu"`` saves accelerator memory at the cost of copies). Pairs with strength 0 are skipped.
 
@@ -678,6 +685,39 @@ def _plan(model: torch.nn.Module, loras: tuple[tuple[LoraWeights, float], ...]) 
     return [(patch, strength) for lora, strength in loras for patch in match_lora(model, lora).patches]
 
 
+# GPUs of compute capability 7.x on which ComfyUI does not use float16
+_NO_FP16_GPUS = ("1660", "1650", "1630", "T500", "T550", "T600", "MX550", "MX450", "CMP 30HX", "T2000", "T1000", "T1200")
+
+
+def lora_compute_dtype(weight: torch.Tensor, execution_device: torch.device | str | None = None) -> torch.dtype:
+    """The dtype ComfyUI v0.18.1 patches a weight in: float16 where it would compute in float16 (CUDA
+    GPUs of compute capability 7 and up, ROCm, Apple MPS, Intel XPUs with float16), else float32.
+
+    ComfyUI switched to float16 for LoRA math on GPUs in December 2025 (its ``lora_compute_dtype``):
+    the weight is cast to float16, each update is added in float16, and the sum is cast to the weight's
+    dtype. graphrun follows that on such devices, except for float32 models, which correspond to
+    ComfyUI's ``--force-fp32`` (float32 LoRA math everywhere), as does the CPU. ``execution_device``
+    is where the model runs when that is not where its weights are (offloading).
+    """
+    if weight.dtype == torch.float32:
+        return torch.float32
+    device = torch.device(execution_device) if execution_device is not None else weight.device
+    if device.type == "mps":
+        return torch.float16
+    if device.type == "xpu":
+        return torch.float16 if torch.xpu.get_device_properties(device).has_fp16 else torch.float32
+    if device.type != "cuda":
+        return torch.float32
+    if torch.version.hip:
+        return torch.float16
+    props = torch.cuda.get_device_properties(device)
+    if props.major >= 8:
+        return torch.float16
+    if props.major < 7 or any(name in props.name for name in _NO_FP16_GPUS):
+        return torch.float32
+    return torch.float16
+
+
 @torch.no_grad()
 def _apply(
     model: torch.nn.Module,
@@ -688,25 +728,32 @@ def _apply(
 ) -> None:
     params = dict(model.named_parameters())
     state.applied = loras  # set first: a failure half-way still leaves `_restore` with the backups
-    totals: dict[str, torch.Tensor] = {}
+    # One ComfyUI weight at a time (the fused qkv is three parameters here), so that only one weight's
+    # working copy exists at once; within it, the patches keep their order.
+    by_weight: dict[str, list[tuple[WeightPatch, float]]] = {}
     for patch, strength in plan:
-        first = params[patch.target.params[0][0]]
-        block = patch.block(strength, first.device)
-        for name, rows in patch.target.params:
-            total = totals.get(name)
-            if total is None:
-                total = totals[name] = params[name].detach().to(torch.float32, copy=True)
-            part = block if rows is None else block[rows]
-            if patch.kind == "set":
-                total.copy_(part.reshape(total.shape))
-            else:
-                total += part.reshape(total.shape)
-    for name, total in totals.items():
-        weight = params[name]
-        if id(weight) not in state.backups:
-            backup = weight.detach().to(device=backup_device or weight.device, copy=True)
-            state.backups[id(weight)] = (weight, backup)
-        weight.copy_(total.to(weight.dtype))
+        by_weight.setdefault(patch.weight, []).append((patch, strength))
+    for patches in by_weight.values():
+        totals: dict[str, torch.Tensor] = {}
+        for patch, strength in patches:
+            first = params[patch.target.params[0][0]]
+            dtype = lora_compute_dtype(first, getattr(model, "_graphrun_execution_device", None))
+            block = patch.block(strength, first.device, dtype)
+            for name, rows in patch.target.params:
+                total = totals.get(name)
+                if total is None:
+                    total = totals[name] = params[name].detach().to(dtype, copy=True)
+                part = block if rows is None else block[rows]
+                if patch.kind == "set":
+                    total.copy_(part.reshape(total.shape))
+                else:
+                    total += part.reshape(total.shape)
+        for name, total in totals.items():
+            weight = params[name]
+            if id(weight) not in state.backups:
+                backup = weight.detach().to(device=backup_device or weight.device, copy=True)
+                state.backups[id(weight)] = (weight, backup)
+            weight.copy_(total.to(weight.dtype))
 
 
 @torch.no_grad()

@@ -289,6 +289,7 @@ def resolve_lora(ctx: Context, name: str) -> Path:
         Comfy("LoraLoader", inputs={"name": "lora_name"}),
     ),
     check=file_check("name", "loras"),
+    version=2,  # 2: ComfyUI v0.18.1's key table, LoRA on the text encoder
 )
 def load_lora(
     ctx: Context,

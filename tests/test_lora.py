@@ -12,13 +12,15 @@ from diffusers.loaders.single_file_utils import convert_z_image_transformer_chec
 from safetensors.torch import load_file, save_file
 
 import graphrun.nodes.lora as lora_module
-from graphrun.nodes.lora import LoraError, LoraWarning, load_lora, match_lora, patched
+from graphrun.nodes.lora import LoraError, LoraWarning, check_lora, load_lora, match_lora, patched
 from graphrun.nodes.zimage import lora_keys
 from graphrun.nodes.zimage.tiny_loras import LAYOUTS, canonical_pairs, write_test_loras
 
 torch.set_num_threads(1)
 
-MATCHING = [layout for layout in LAYOUTS if layout not in ("unmatched", "partial")]
+# comfy_native_qkv holds bare `layers.N.attention.qkv` keys, which ComfyUI v0.18.1 ignores for Z-Image
+MATCHING = [layout for layout in LAYOUTS if layout not in ("unmatched", "partial", "comfy_native_qkv")]
+COMFY_WEIGHTS = 29  # weights ComfyUI v0.18.1 patches with these files (tests/data/comfy/v0.18.1/pipeline p6)
 SEED = 20240607
 
 
@@ -115,10 +117,10 @@ def test_every_layout_matches_and_changes_output(transformer, lora_files, base_s
     lora = load_lora(lora_files[layout])
     with warnings.catch_warnings():
         warnings.simplefilter("error", LoraWarning)
-        match = match_lora(transformer, lora)
-    assert match.unmatched_keys == () and match.ignored_keys == ()
-    expected = 12 if layout == "comfy_native_qkv" else len(_linear_names(transformer))
-    assert match.matched_modules == expected
+        (match,) = check_lora(lora, [transformer])
+    assert match.used_keys == set(lora.keys)
+    assert len(match.weights) == COMFY_WEIGHTS
+    assert set(match.params) == {f"{n}.weight" for n in _linear_names(transformer)}
 
     base_out = _forward(transformer)
     with patched(transformer, [(lora, 1.0)]):
@@ -143,11 +145,7 @@ def test_equivalent_layouts_give_identical_weights(transformer, lora_files, base
         with patched(transformer, [(load_lora(lora_files[layout]), 1.0)]):
             state = transformer.state_dict()
             for key in weight_keys:
-                qkv = key.rsplit(".", 2)[-2] in ("to_q", "to_k", "to_v")
-                if layout == "comfy_native_qkv" and not qkv:  # that file patches only the fused qkv
-                    assert torch.equal(state[key], base_state[key]), f"{layout}: {key} should be untouched"
-                else:
-                    assert torch.equal(state[key], reference[key]), f"{layout}: {key} differs from the PEFT layout"
+                assert torch.equal(state[key], reference[key]), f"{layout}: {key} differs from the PEFT layout"
 
 
 def test_peft_layout_agrees_with_diffusers_loader(transformer, lora_files):
@@ -161,27 +159,29 @@ def test_peft_layout_agrees_with_diffusers_loader(transformer, lora_files):
 
 
 def test_kohya_names_resolve_against_the_model(transformer, lora_files):
+    """kohya keys are ComfyUI's own module names flattened: the fused qkv is one weight whose rows
+    split over diffusers' to_q/to_k/to_v, all three sharing the pair's down matrix."""
     lora = load_lora(lora_files["kohya"])
-    assert all(e.underscored for e in lora.entries)
     assert "kohya" in lora.layout
     match = match_lora(transformer, lora)
-    modules = set(match.modules)
+    params = set(match.params)
     # underscores inside module names (feed_forward, noise_refiner, adaLN_modulation) and native spellings
     for name in ("noise_refiner.0.feed_forward.w2", "layers.1.adaLN_modulation.0", "layers.0.attention.to_v",
                  "context_refiner.0.attention.to_out.0", "all_x_embedder.2-1", "all_final_layer.2-1.adaLN_modulation.1"):
-        assert name in modules
-    by_module = {p.module: p for p in match.patches}
-    assert by_module["layers.0.attention.to_k"].rows == slice(64, 128)
-    assert by_module["layers.0.attention.to_q"].down is by_module["layers.0.attention.to_v"].down
+        assert f"{name}.weight" in params
+    qkv = next(p for p in match.patches if p.weight == "diffusion_model.layers.0.attention.qkv.weight")
+    assert qkv.keys[0] == "lora_unet_layers_0_attention_qkv.lora_down.weight"
+    assert qkv.target.params == (("layers.0.attention.to_q.weight", slice(0, 64)),
+                                 ("layers.0.attention.to_k.weight", slice(64, 128)),
+                                 ("layers.0.attention.to_v.weight", slice(128, 192)))
 
 
-def test_fused_qkv_splits_into_rows_sharing_down(lora_files):
-    lora = load_lora(lora_files["comfy_native_qkv"])
-    entries = [e for e in lora.entries if e.target.startswith("layers.1.attention.")]
-    assert [e.target for e in entries] == ["layers.1.attention.to_q", "layers.1.attention.to_k", "layers.1.attention.to_v"]
-    assert [e.rows for e in entries] == [slice(0, 64), slice(64, 128), slice(128, 192)]
-    assert entries[0].down is entries[2].down and entries[0].up.shape[0] == 192
-    assert "native" in lora.layout
+def test_split_qkv_keys_patch_thirds_of_comfys_fused_weight(transformer, lora_files):
+    """diffusers' to_k is, to ComfyUI, rows [dim, 2·dim) of the fused qkv weight."""
+    match = match_lora(transformer, load_lora(lora_files["peft"]))
+    to_k = next(p for p in match.patches if p.params == ("layers.1.attention.to_k.weight",))
+    assert to_k.weight == "diffusion_model.layers.1.attention.qkv.weight"
+    assert to_k.target.offset == (64, 64) and to_k.target.params == (("layers.1.attention.to_k.weight", None),)
 
 
 # --- strengths, stacking, restoring ------------------------------------------------------------
@@ -250,52 +250,57 @@ def test_nested_blocks(transformer, lora_files, base_state, monkeypatch):
 def test_unmatched_lora_is_an_error(transformer, lora_files, base_state):
     lora = load_lora(lora_files["unmatched"])
     with pytest.raises(LoraError) as err:
-        match_lora(transformer, lora)
+        check_lora(lora, [transformer])
     message = str(err.value)
     assert "tiny_lora_unmatched.safetensors" in message and "matched none" in message
-    assert "lora_unet_down_blocks_1_attentions_0" in message and "Accepted layouts" in message
-    with pytest.raises(LoraError):
-        with patched(transformer, [(lora, 1.0)]):
-            pass
+    assert "ComfyUI v0.18.1 would ignore every key of it too" in message
+    assert "lora_te1_text_model_encoder_layers_0" in message and "Accepted layouts" in message
+    with patched(transformer, [(lora, 1.0)]):  # nothing applies: the weights stay as they are
+        _assert_state_equal(transformer, base_state)
     _assert_state_equal(transformer, base_state)
 
 
-def test_partial_match_warns_with_keys(transformer, lora_files):
+def test_partial_match_warns_once_with_keys(transformer, lora_files):
     lora = load_lora(lora_files["partial"])
-    with pytest.warns(LoraWarning, match=r"tiny_lora_partial\.safetensors.*layers\.40\.attention\.to_q") as record:
-        match = match_lora(transformer, lora)
-    assert "more)" in str(record[0].message)
+    with pytest.warns(LoraWarning, match=r"tiny_lora_partial\.safetensors.*ComfyUI v0\.18\.1 ignores them too.*"
+                                         r"layers\.40\.attention\.to_q") as record:
+        (match,) = check_lora(lora, [transformer])
+    assert len(record) == 1 and "more)" in str(record[0].message)
     n_half = len(_linear_names(transformer)) // 2
-    assert match.matched_modules == n_half
-    assert len(match.unmatched_keys) == 2 * n_half
-    with warnings.catch_warnings():  # remembered per model: no second warning
+    assert len(match.params) == n_half
+    assert len(lora.keys) - len(match.used_keys) == 2 * n_half
+    with warnings.catch_warnings():  # matching alone (what sampling does) never warns
         warnings.simplefilter("error", LoraWarning)
         assert match_lora(transformer, lora) is match
 
 
-def test_fused_and_split_duplicates_apply_once(transformer, lora_files, base_state, tmp_path):
-    """A file with both split to_q/to_k/to_v and fused qkv keys for the same update (some trainers
-    write both for different loaders) applies it once, preferring the split keys."""
-    tensors = {**load_file(str(lora_files["peft"])), **load_file(str(lora_files["comfy_native_qkv"]))}
+def test_fused_and_split_keys_both_apply_as_in_comfyui(transformer, lora_files, base_state, tmp_path):
+    """A file with split to_q/to_k/to_v keys and fused `diffusion_model.…attention.qkv` keys for the same
+    update: ComfyUI patches the fused weight once whole and once per third, so the update lands twice."""
+    fused = {k: v for k, v in load_file(str(lora_files["diffusion_model_ab"])).items() if ".attention.qkv." in k}
     path = tmp_path / "dup.safetensors"
-    save_file(tensors, str(path))
-    with pytest.warns(LoraWarning, match="ignored"):
-        match = match_lora(transformer, load_lora(path))
-    assert all(p.rows is None for p in match.patches)
-    with patched(transformer, [(load_lora(lora_files["peft"]), 1.0)]):
-        reference = {k: v.clone() for k, v in transformer.state_dict().items()}
+    save_file({**load_file(str(lora_files["peft"])), **fused}, str(path))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LoraWarning)
-        with patched(transformer, [(load_lora(path), 1.0)]):
-            _assert_state_equal(transformer, reference)
+        warnings.simplefilter("error", LoraWarning)  # every key is used
+        (match,) = check_lora(load_lora(path), [transformer])
+    pairs = canonical_pairs(transformer, SEED)
+    with patched(transformer, [(load_lora(path), 1.0)]):
+        state = transformer.state_dict()
+        for name, (down, up) in pairs.items():
+            total = base_state[f"{name}.weight"].to(torch.float32, copy=True)
+            total += torch.mm(up, down)
+            if name.rsplit(".", 1)[1] in ("to_q", "to_k", "to_v"):
+                total += torch.mm(up, down)  # the fused pair, applied first (ComfyUI's order) and equal
+            assert torch.equal(state[f"{name}.weight"], total), name
     _assert_state_equal(transformer, base_state)
+    assert len(match.weights) == COMFY_WEIGHTS
 
 
 def test_wrong_shapes_are_an_error(transformer, tmp_path):
     path = tmp_path / "big.safetensors"
     save_file({"transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 3840),
                "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(3840, 4)}, str(path))
-    with pytest.raises(LoraError, match=r"does not fit module 'layers\.0\.attention\.to_q'"):
+    with pytest.raises(LoraError, match=r"does not fit 'layers\.0\.attention\.to_q\.weight'"):
         match_lora(transformer, load_lora(path))
 
 
@@ -307,7 +312,7 @@ def test_pickle_files_are_refused(tmp_path):
             load_lora(tmp_path / name)
 
 
-def test_corrupt_and_odd_files_give_clear_errors(lora_files, tmp_path):
+def test_corrupt_and_odd_files_give_clear_errors(transformer, lora_files, tmp_path):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x12\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     with pytest.raises(LoraError, match="not a valid safetensors"):
@@ -321,15 +326,51 @@ def test_corrupt_and_odd_files_give_clear_errors(lora_files, tmp_path):
 
     not_lora = tmp_path / "checkpoint.safetensors"
     save_file({"layers.0.attention.to_q.weight": torch.zeros(4, 4)}, str(not_lora))
-    with pytest.raises(LoraError, match="no LoRA weights.*Accepted layouts"):
+    with pytest.raises(LoraError, match="no LoRA weights.*ComfyUI v0.18.1 would ignore.*Accepted layouts"):
         load_lora(not_lora)
-    half = tmp_path / "half.safetensors"
-    save_file({"transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 64)}, str(half))
-    with pytest.raises(LoraError, match="incomplete"):
-        load_lora(half)
-    dora = tmp_path / "dora.safetensors"
-    save_file({"transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 64),
-               "transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(64, 4),
-               "transformer.layers.0.attention.to_q.dora_scale": torch.ones(64, 1)}, str(dora))
-    with pytest.raises(LoraError, match="DoRA"):
-        load_lora(dora)
+    half = tmp_path / "half.safetensors"  # an up matrix without its down one (ComfyUI fails on it too)
+    save_file({"transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(64, 4)}, str(half))
+    with pytest.raises(LoraError, match="incomplete.*fails on it too"):
+        match_lora(transformer, load_lora(half))
+    down_only = tmp_path / "down_only.safetensors"  # ComfyUI reads a pair from its up matrix: ignored
+    save_file({"transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 64)}, str(down_only))
+    with pytest.raises(LoraError, match="matched none.*ComfyUI v0.18.1 would ignore"):
+        check_lora(load_lora(down_only), [transformer])
+    rows = transformer.layers[0].feed_forward.w1.weight.shape[0]
+    for suffix, what in ((".dora_scale", "DoRA"), (".lora_mid.weight", "LoCon")):
+        refused = tmp_path / f"refused{suffix}.safetensors"
+        save_file({"diffusion_model.layers.0.feed_forward.w1.lora_down.weight": torch.zeros(4, 64),
+                   "diffusion_model.layers.0.feed_forward.w1.lora_up.weight": torch.zeros(rows, 4),
+                   f"diffusion_model.layers.0.feed_forward.w1{suffix}": torch.ones(rows, 1)}, str(refused))
+        with pytest.raises(LoraError, match=f"{what}.*ComfyUI v0.18.1 applies it, graphrun does not"):
+            match_lora(transformer, load_lora(refused))
+    loha = tmp_path / "loha.safetensors"
+    save_file({f"diffusion_model.layers.0.feed_forward.w1.hada_{p}": torch.zeros(4, 4)
+               for p in ("w1_a", "w1_b", "w2_a", "w2_b")}, str(loha))
+    with pytest.raises(LoraError, match="LoHa"):
+        match_lora(transformer, load_lora(loha))
+
+
+# --- ComfyUI's float16 LoRA math on GPUs -------------------------------------------------------
+
+
+def test_lora_compute_dtype_follows_comfyui():
+    """float32 on the CPU and for float32 models (ComfyUI --cpu / --force-fp32); on GPUs ComfyUI v0.18.1
+    patches in float16, which is decided per device (not testable without one)."""
+    assert lora_module.lora_compute_dtype(torch.zeros(1, dtype=torch.bfloat16)) == torch.float32
+    assert lora_module.lora_compute_dtype(torch.zeros(1), "cuda") == torch.float32  # a float32 model
+
+
+def test_float16_lora_math_matches_comfyuis_gpu_formula(transformer, lora_files, monkeypatch):
+    """Where ComfyUI computes in float16: the weight is cast to float16, the float32 update (scaled) is cast
+    to float16 and added in float16, and the sum cast back to the weight's dtype."""
+    model = copy.deepcopy(transformer).to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    monkeypatch.setattr(lora_module, "lora_compute_dtype", lambda weight, device=None: torch.float16)
+    pairs = canonical_pairs(transformer, SEED)
+    with patched(model, [(load_lora(lora_files["peft"]), 0.8)]):
+        state = model.state_dict()
+        for name, (down, up) in pairs.items():
+            expected = before[f"{name}.weight"].to(torch.float16) + (0.8 * torch.mm(up, down)).to(torch.float16)
+            assert torch.equal(state[f"{name}.weight"], expected.to(torch.bfloat16)), name
+    _assert_state_equal(model, before)

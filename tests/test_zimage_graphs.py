@@ -126,8 +126,7 @@ LAYOUTS = [
     "diffusion_model_ab",
     "diffusion_model_updown",
     "diffusion_model_diffusers_names",
-    "comfy_native_qkv",
-]
+]  # not comfy_native_qkv: its bare `layers.N.attention.qkv` keys are ignored, as by ComfyUI v0.18.1
 
 
 @pytest.fixture(scope="module")

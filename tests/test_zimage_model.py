@@ -273,7 +273,7 @@ def test_encode_prompt_shape_template_and_hidden_state(parts: loading.ZImagePart
 
 
 def test_encode_prompt_unescapes_parentheses(parts: loading.ZImageParts) -> None:
-    assert text.unescape_prompt(r"\(a\) \\b \x") == r"(a) \b \x"
+    assert text.unescape_prompt(r"\(a\) \\b \x") == r"(a) \\b \x"  # ComfyUI keeps "\\"
     assert torch.equal(text.encode_prompt(parts, r"\(big\) cat"), text.encode_prompt(parts, "(big) cat"))
 
 
