@@ -104,15 +104,11 @@ def get_sampler(name: str, options: Mapping[str, Any] | None = None) -> Sampler:
     return Sampler(name, tuple(sorted((options or {}).items())))
 
 
-COMFY_SAMPLER_ORDER = BUILTIN_SAMPLERS
-"""ComfyUI v0.18.1's ``KSampler.SAMPLERS``, the order of the built-in choice list."""
-
-
 def _load_builtins() -> None:
     # Each module registers its samplers on import; the dict is then put in ComfyUI's order.
     from . import classic, dpm_solver, exponential, multistep, sde, single_step, unipc  # noqa: F401
 
-    put_builtins_first(SAMPLERS, COMFY_SAMPLER_ORDER)
+    put_builtins_first(SAMPLERS, BUILTIN_SAMPLERS)
 
 
 _load_builtins()

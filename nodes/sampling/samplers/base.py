@@ -28,9 +28,14 @@ __all__ = [
     "SamplerFn",
     "StepCallback",
     "StepInfo",
+    "ancestral_step",
     "default_noise_sampler",
     "denoise_with_uncond",
+    "flow_ancestral_step",
+    "half_log_snr",
+    "offset_first_sigma",
     "resolve_model_sampling",
+    "sigma_of_half_log_snr",
 ]
 
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
@@ -144,3 +149,51 @@ def denoise_with_uncond(model: DenoiseFn, x: Tensor, sigma: Tensor) -> tuple[Ten
         return both(x, sigma)
     denoised = model(x, sigma)
     return denoised, torch.zeros_like(denoised)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step arithmetic several samplers share (0-dim float32 tensors, ComfyUI's operation order).
+
+
+def ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float) -> tuple[Tensor, Tensor | float]:
+    """k-diffusion's VE split of a step into ``(sigma_down, sigma_up)``; ComfyUI uses it for flow
+    models too in res_multistep and the DPM-Solver samplers. ``eta`` 0 gives ``(sigma_to, 0)``."""
+    if not eta:
+        return sigma_to, 0.0
+    sigma_up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    return sigma_down, sigma_up
+
+
+def flow_ancestral_step(sigma: Tensor, sigma_next: Tensor, eta: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The rectified-flow ancestral step (ComfyUI's ``*_RF`` samplers):
+    ``(sigma_down, alpha_next, alpha_down, renoise_coeff)``."""
+    downstep_ratio = 1 + (sigma_next / sigma - 1) * eta
+    sigma_down = sigma_next * downstep_ratio
+    alpha_next = 1 - sigma_next
+    alpha_down = 1 - sigma_down
+    renoise_coeff = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
+    return sigma_down, alpha_next, alpha_down, renoise_coeff
+
+
+def half_log_snr(sigma: Tensor) -> Tensor:
+    """``log(alpha / sigma)`` of a flow model: ``log((1 - sigma) / sigma) = -logit(sigma)``."""
+    # EPS models (alpha = 1) would use sigma.log().neg() here.
+    return sigma.logit().neg()
+
+
+def sigma_of_half_log_snr(lam: Tensor) -> Tensor:
+    """The inverse of :func:`half_log_snr` for a flow model: ``1 / (1 + exp(lambda))``."""
+    # EPS models would use lam.neg().exp() here.
+    return lam.neg().sigmoid()
+
+
+def offset_first_sigma(sigmas: Tensor, ms: FlowModelSampling, percent_offset: float = 1e-4) -> Tensor:
+    """The schedule with a first sigma >= 1 (infinite half-logSNR) replaced by
+    ``percent_to_sigma(percent_offset)``, as ComfyUI's SDE and exponential samplers do."""
+    # EPS models keep their schedule unchanged.
+    if len(sigmas) <= 1 or sigmas[0] < 1:
+        return sigmas
+    sigmas = sigmas.clone()
+    sigmas[0] = ms.percent_to_sigma(percent_offset)
+    return sigmas

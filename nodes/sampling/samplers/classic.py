@@ -14,8 +14,12 @@ from .base import (
     NoiseSampler,
     StepCallback,
     StepInfo,
+    ancestral_step,
     default_noise_sampler,
     denoise_with_uncond,
+    flow_ancestral_step,
+    half_log_snr,
+    offset_first_sigma,
     resolve_model_sampling,
 )
 
@@ -71,25 +75,12 @@ def sample_euler_ancestral(
         if sigma_next == 0:
             x = denoised
             continue
-        downstep_ratio = 1 + (sigma_next / sigma - 1) * eta
-        sigma_down = sigma_next * downstep_ratio
-        alpha_next = 1 - sigma_next
-        alpha_down = 1 - sigma_down
-        renoise_coeff = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
+        sigma_down, alpha_next, alpha_down, renoise_coeff = flow_ancestral_step(sigma, sigma_next, eta)
         ratio = sigma_down / sigma
         x = ratio * x + (1 - ratio) * denoised
         if eta > 0:
             x = (alpha_next / alpha_down) * x + noise_sampler(sigma, sigma_next) * s_noise * renoise_coeff
     return x
-
-
-def _ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float) -> tuple[Tensor, Tensor | float]:
-    # The VE formula, which ComfyUI's res_multistep uses for flow models too.
-    if not eta:
-        return sigma_to, 0.0
-    sigma_up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
-    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
-    return sigma_down, sigma_up
 
 
 @register_sampler("res_multistep")
@@ -123,7 +114,7 @@ def sample_res_multistep(
             denoised, uncond = denoise_with_uncond(model, x, sigma * s_in)
         else:
             denoised = uncond = model(x, sigma * s_in)
-        sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         if callback is not None:
             callback(StepInfo(i, total, float(sigma), x, denoised))
         if old_denoised is None or sigma_down == 0:
@@ -214,10 +205,7 @@ def sample_dpmpp_2m_sde(
     if noise_sampler is None:
         # The tree spans the schedule as given, before the first sigma is offset below.
         noise_sampler = BrownianTreeNoiseSampler.for_schedule(x, sigmas, seed)
-    if sigmas[0] >= 1:
-        # log((1-s)/s) is infinite at s = 1: start a hair below, at percent_to_sigma(1e-4).
-        sigmas = sigmas.clone()
-        sigmas[0] = ms.percent_to_sigma(1e-4)
+    sigmas = offset_first_sigma(sigmas, ms)  # the half-logSNR is infinite at sigma 1
     s_in = x.new_ones([x.shape[0]])
     total = len(sigmas) - 1
     old_denoised: Tensor | None = None
@@ -231,7 +219,7 @@ def sample_dpmpp_2m_sde(
         if sigma_next == 0:
             x = denoised
         else:
-            lambda_s, lambda_t = sigma.logit().neg(), sigma_next.logit().neg()
+            lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
             h = lambda_t - lambda_s
             h_eta = h * (eta + 1)
             alpha_t = sigma_next * lambda_t.exp()

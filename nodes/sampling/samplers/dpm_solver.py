@@ -21,7 +21,15 @@ from torch import Tensor
 
 from ..schedules import FlowModelSampling
 from . import register_sampler
-from .base import COMFY_CPU_SEED_OFFSET, DenoiseFn, NoiseSampler, StepCallback, StepInfo, default_noise_sampler
+from .base import (
+    COMFY_CPU_SEED_OFFSET,
+    DenoiseFn,
+    NoiseSampler,
+    StepCallback,
+    StepInfo,
+    ancestral_step,
+    default_noise_sampler,
+)
 
 __all__: list[str] = []
 
@@ -167,15 +175,6 @@ class _StepSizeController:
         return accept
 
 
-def _ancestral_step(sigma_from: Tensor, sigma_to: Tensor, eta: float) -> tuple[Tensor, Tensor | float]:
-    # k-diffusion's VE ancestral split of a step into sigma_down and sigma_up.
-    if not eta:
-        return sigma_to, 0.0
-    sigma_up = min(sigma_to, eta * (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5)
-    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
-    return sigma_down, sigma_up
-
-
 @register_sampler("dpm_adaptive")
 def sample_dpm_adaptive(
     model: DenoiseFn,
@@ -226,7 +225,7 @@ def sample_dpm_adaptive(
         cache: dict[str, Tensor] = {}
         t = torch.minimum(t_end, s + pid.h) if forward else torch.maximum(t_end, s + pid.h)
         if eta:
-            sigma_down, _ = _ancestral_step(_sigma(s), _sigma(t), eta)
+            sigma_down, _ = ancestral_step(_sigma(s), _sigma(t), eta)
             t_ = torch.minimum(t_end, _time(sigma_down))
             sigma_up: Tensor | float = (_sigma(t) ** 2 - _sigma(t_) ** 2) ** 0.5
         else:

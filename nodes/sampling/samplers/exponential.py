@@ -23,7 +23,10 @@ from .base import (
     StepCallback,
     StepInfo,
     default_noise_sampler,
+    half_log_snr,
+    offset_first_sigma,
     resolve_model_sampling,
+    sigma_of_half_log_snr,
 )
 
 __all__ = ["sa_solver_tau_interval"]
@@ -35,25 +38,6 @@ TauFn = Callable[[Tensor], float]
 # ---------------------------------------------------------------------------------------------
 # Half-logSNR helpers. Only flow (CONST) model sampling exists in graphrun; an EPS model would use
 # lambda = -log(sigma), sigma = exp(-lambda) and no first-sigma offset.
-
-
-def _half_log_snr(sigma: Tensor) -> Tensor:
-    # CONST: log((1 - sigma) / sigma). (EPS: -log(sigma).)
-    return sigma.logit().neg()
-
-
-def _sigma_of_half_log_snr(half_log_snr: Tensor) -> Tensor:
-    # CONST: 1 / (1 + exp(lambda)). (EPS: exp(-lambda).)
-    return half_log_snr.neg().sigmoid()
-
-
-def _offset_first_sigma(sigmas: Tensor, ms: FlowModelSampling) -> Tensor:
-    """The schedule with a first sigma >= 1 (infinite lambda) moved to ``percent_to_sigma(1e-4)``."""
-    # CONST only; an EPS schedule is used as given.
-    if len(sigmas) > 1 and sigmas[0] >= 1:
-        sigmas = sigmas.clone()
-        sigmas[0] = ms.percent_to_sigma(1e-4)
-    return sigmas
 
 
 def _h_phi_1(h: Tensor) -> Tensor:
@@ -100,8 +84,8 @@ def sample_er_sde(
     ms = resolve_model_sampling(model, model_sampling)
     num_points = 200.0
     point_index = torch.arange(0, num_points, dtype=torch.float32, device=x.device)
-    sigmas = _offset_first_sigma(sigmas, ms)
-    er_lambdas = _half_log_snr(sigmas).neg().exp()
+    sigmas = offset_first_sigma(sigmas, ms)
+    er_lambdas = half_log_snr(sigmas).neg().exp()
     s_in = x.new_ones([x.shape[0]])
     total = len(sigmas) - 1
     old_denoised: Tensor | None = None
@@ -165,7 +149,7 @@ def _seeds_2(
     if solver_type not in ("phi_1", "phi_2"):
         raise ValueError(f"solver_type must be 'phi_1' or 'phi_2', got {solver_type!r}")
     inject_noise = eta > 0 and s_noise > 0
-    sigmas = _offset_first_sigma(sigmas, ms)
+    sigmas = offset_first_sigma(sigmas, ms)
     fac = 1 / (2 * r)
     s_in = x.new_ones([x.shape[0]])
     total = len(sigmas) - 1
@@ -177,11 +161,11 @@ def _seeds_2(
         if sigma_next == 0:
             x = denoised
             continue
-        lambda_s, lambda_t = _half_log_snr(sigma), _half_log_snr(sigma_next)
+        lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
         h = lambda_t - lambda_s
         h_eta = h * (eta + 1)
         lambda_s_1 = torch.lerp(lambda_s, lambda_t, r)
-        sigma_s_1 = _sigma_of_half_log_snr(lambda_s_1)
+        sigma_s_1 = sigma_of_half_log_snr(lambda_s_1)
         alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
         alpha_t = sigma_next * lambda_t.exp()
 
@@ -294,7 +278,7 @@ def sample_seeds_3(
         noise_sampler = default_noise_sampler(x, seed, cpu_seed_offset)
     ms = resolve_model_sampling(model, model_sampling)
     inject_noise = eta > 0 and s_noise > 0
-    sigmas = _offset_first_sigma(sigmas, ms)
+    sigmas = offset_first_sigma(sigmas, ms)
     s_in = x.new_ones([x.shape[0]])
     total = len(sigmas) - 1
     for i in range(total):
@@ -305,12 +289,12 @@ def sample_seeds_3(
         if sigma_next == 0:
             x = denoised
             continue
-        lambda_s, lambda_t = _half_log_snr(sigma), _half_log_snr(sigma_next)
+        lambda_s, lambda_t = half_log_snr(sigma), half_log_snr(sigma_next)
         h = lambda_t - lambda_s
         h_eta = h * (eta + 1)
         lambda_s_1 = torch.lerp(lambda_s, lambda_t, r_1)
         lambda_s_2 = torch.lerp(lambda_s, lambda_t, r_2)
-        sigma_s_1, sigma_s_2 = _sigma_of_half_log_snr(lambda_s_1), _sigma_of_half_log_snr(lambda_s_2)
+        sigma_s_1, sigma_s_2 = sigma_of_half_log_snr(lambda_s_1), sigma_of_half_log_snr(lambda_s_2)
         alpha_s_1 = sigma_s_1 * lambda_s_1.exp()
         alpha_s_2 = sigma_s_2 * lambda_s_2.exp()
         alpha_t = sigma_next * lambda_t.exp()
@@ -450,8 +434,8 @@ def sample_sa_solver(
     if noise_sampler is None:
         noise_sampler = default_noise_sampler(x, seed, cpu_seed_offset)
     ms = resolve_model_sampling(model, model_sampling)
-    sigmas = _offset_first_sigma(sigmas, ms)
-    lambdas = _half_log_snr(sigmas)
+    sigmas = offset_first_sigma(sigmas, ms)
+    lambdas = half_log_snr(sigmas)
     if tau_func is None:
         tau_func = sa_solver_tau_interval(ms.percent_to_sigma(0.2), ms.percent_to_sigma(0.8), eta=1.0)
     max_order = max(predictor_order, corrector_order)

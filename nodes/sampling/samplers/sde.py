@@ -19,35 +19,13 @@ from .base import (
     NoiseSampler,
     StepCallback,
     StepInfo,
+    ancestral_step,
+    half_log_snr,
+    offset_first_sigma,
     resolve_model_sampling,
+    sigma_of_half_log_snr,
 )
-from .classic import _ancestral_step, sample_dpmpp_2m_sde
-
-__all__ = ["half_log_snr", "offset_first_sigma", "sigma_of_half_log_snr"]
-
-
-def half_log_snr(sigma: Tensor) -> Tensor:
-    """``log(alpha / sigma)`` of a flow model: ``log((1 - sigma) / sigma) = -logit(sigma)``."""
-    # EPS models (alpha = 1) would use sigma.log().neg() here.
-    return sigma.logit().neg()
-
-
-def sigma_of_half_log_snr(lam: Tensor) -> Tensor:
-    """The inverse of ``half_log_snr`` for a flow model: ``1 / (1 + exp(lambda))``."""
-    # EPS models would use lam.neg().exp() here.
-    return lam.neg().sigmoid()
-
-
-def offset_first_sigma(sigmas: Tensor, ms: FlowModelSampling, percent_offset: float = 1e-4) -> Tensor:
-    """The schedule with a first sigma >= 1 replaced by ``percent_to_sigma(percent_offset)``, where the
-    flow model's half-logSNR is finite."""
-    # EPS models keep their schedule unchanged.
-    if len(sigmas) <= 1 or sigmas[0] < 1:
-        return sigmas
-    sigmas = sigmas.clone()
-    sigmas[0] = ms.percent_to_sigma(percent_offset)
-    return sigmas
-
+from .classic import sample_dpmpp_2m_sde
 
 @register_sampler("dpmpp_sde")
 def sample_dpmpp_sde(
@@ -92,7 +70,7 @@ def sample_dpmpp_sde(
         alpha_t = sigma_next * lambda_t.exp()
 
         # Substep to lambda_s_1.
-        sd, su = _ancestral_step(lambda_s.neg().exp(), lambda_s_1.neg().exp(), eta)
+        sd, su = ancestral_step(lambda_s.neg().exp(), lambda_s_1.neg().exp(), eta)
         h_ = sd.log().neg() - lambda_s
         x_2 = (alpha_s_1 / alpha_s) * (-h_).exp() * x - alpha_s_1 * (-h_).expm1() * denoised
         if eta > 0 and s_noise > 0:
@@ -100,7 +78,7 @@ def sample_dpmpp_sde(
         denoised_2 = model(x_2, sigma_s_1 * s_in)
 
         # Full step to lambda_t with the combined prediction.
-        sd, su = _ancestral_step(lambda_s.neg().exp(), lambda_t.neg().exp(), eta)
+        sd, su = ancestral_step(lambda_s.neg().exp(), lambda_t.neg().exp(), eta)
         h_ = sd.log().neg() - lambda_s
         denoised_d = (1 - fac) * denoised + fac * denoised_2
         x = (alpha_t / alpha_s) * (-h_).exp() * x - alpha_t * (-h_).expm1() * denoised_d

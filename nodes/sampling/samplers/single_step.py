@@ -20,11 +20,12 @@ from .base import (
     NoiseSampler,
     StepCallback,
     StepInfo,
+    ancestral_step,
     default_noise_sampler,
     denoise_with_uncond,
+    flow_ancestral_step,
+    half_log_snr,
 )
-from .classic import _ancestral_step
-from .sde import half_log_snr
 
 
 @register_sampler("euler_cfg_pp")
@@ -79,7 +80,7 @@ def sample_euler_ancestral_cfg_pp(
         alpha_s = sigma * half_log_snr(sigma).exp()
         alpha_t = sigma_next * half_log_snr(sigma_next).exp()
         d = (x - alpha_s * uncond_denoised) / sigma
-        sigma_down, sigma_up = _ancestral_step(sigma / alpha_s, sigma_next / alpha_t, eta)
+        sigma_down, sigma_up = ancestral_step(sigma / alpha_s, sigma_next / alpha_t, eta)
         sigma_down = alpha_t * sigma_down
         x = alpha_t * denoised + sigma_down * d
         if eta > 0 and s_noise > 0:
@@ -191,7 +192,7 @@ def sample_dpm_2_ancestral(
     for i in range(total):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma * s_in)
-        sigma_down, alpha_next, alpha_down, renoise_coeff = _flow_ancestral_step(sigma, sigma_next, eta)
+        sigma_down, alpha_next, alpha_down, renoise_coeff = flow_ancestral_step(sigma, sigma_next, eta)
         if callback is not None:
             callback(StepInfo(i, total, float(sigma), x, denoised))
         d = (x - denoised) / sigma
@@ -206,18 +207,6 @@ def sample_dpm_2_ancestral(
             # ComfyUI draws here even at eta 0 (renoise_coeff is then 0).
             x = (alpha_next / alpha_down) * x + noise_sampler(sigma, sigma_next) * s_noise * renoise_coeff
     return x
-
-
-def _flow_ancestral_step(
-    sigma: Tensor, sigma_next: Tensor, eta: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    # Rectified-flow ancestral step: (sigma_down, alpha_next, alpha_down, renoise_coeff).
-    downstep_ratio = 1 + (sigma_next / sigma - 1) * eta
-    sigma_down = sigma_next * downstep_ratio
-    alpha_next = 1 - sigma_next
-    alpha_down = 1 - sigma_down
-    renoise_coeff = (sigma_next**2 - sigma_down**2 * alpha_next**2 / alpha_down**2) ** 0.5
-    return sigma_down, alpha_next, alpha_down, renoise_coeff
 
 
 @register_sampler("dpmpp_2s_ancestral")
@@ -244,7 +233,7 @@ def sample_dpmpp_2s_ancestral(
     for i in range(total):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma * s_in)
-        sigma_down, alpha_next, alpha_down, renoise_coeff = _flow_ancestral_step(sigma, sigma_next, eta)
+        sigma_down, alpha_next, alpha_down, renoise_coeff = flow_ancestral_step(sigma, sigma_next, eta)
         if callback is not None:
             callback(StepInfo(i, total, float(sigma), x, denoised))
         if sigma_next == 0:
@@ -292,7 +281,7 @@ def sample_dpmpp_2s_ancestral_cfg_pp(
     for i in range(total):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised, uncond_denoised = denoise_with_uncond(model, x, sigma * s_in)
-        sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
+        sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         if callback is not None:
             callback(StepInfo(i, total, float(sigma), x, denoised))
         if sigma_down == 0:
