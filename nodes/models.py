@@ -94,7 +94,7 @@ def _resolve(ctx: Context, name: str, kind: str) -> Path:
 
 
 def _device_dtype(ctx: Context, override: str | None = None) -> tuple[Any, Any]:
-    from .zimage.loading import resolve_device_dtype
+    from .runtime import resolve_device_dtype
 
     return resolve_device_dtype(ctx.options.device, override or ctx.options.dtype)
 

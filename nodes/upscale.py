@@ -189,7 +189,7 @@ def image_upscale_with_model(ctx: Context, upscale_model: UpscaleModel, image: I
     run's device (`--device`) and returns to the CPU afterwards.
     """
     from .upscale_nets import upscale_images
-    from .zimage.loading import resolve_device_dtype
+    from .runtime import resolve_device_dtype
 
     device, _ = resolve_device_dtype(ctx.options.device, None)
     return upscale_images(upscale_model, image, device, progress=ctx.progress)

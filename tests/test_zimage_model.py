@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from graphrun.nodes import runtime
 from graphrun.nodes.zimage import loading, network, text, tiny, vae
 
 torch.set_num_threads(1)
@@ -110,18 +111,18 @@ def test_load_diffusers_folder(parts: loading.ZImageParts) -> None:
 
 
 def test_resolve_device_dtype() -> None:
-    dev, dt = loading.resolve_device_dtype(None, None)
+    dev, dt = runtime.resolve_device_dtype(None, None)
     if torch.cuda.is_available():
         assert dev.type == "cuda"
     else:
         assert (dev, dt) == (torch.device("cpu"), torch.float32)
-    assert loading.resolve_device_dtype("cpu", "bf16") == (torch.device("cpu"), torch.bfloat16)
-    assert loading.resolve_device_dtype("cpu", "float16")[1] == torch.float16
+    assert runtime.resolve_device_dtype("cpu", "bf16") == (torch.device("cpu"), torch.bfloat16)
+    assert runtime.resolve_device_dtype("cpu", "float16")[1] == torch.float16
     with pytest.raises(ValueError, match="Unknown dtype"):
-        loading.resolve_device_dtype("cpu", "int8")
+        runtime.resolve_device_dtype("cpu", "int8")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            loading.resolve_device_dtype("cuda", None)
+            runtime.resolve_device_dtype("cuda", None)
 
 
 def test_offload_is_a_noop_on_cpu(parts: loading.ZImageParts) -> None:

@@ -126,7 +126,8 @@ def build_parts(scale: str, device: Any, dtype: Any, seed: int = 0) -> Any:
     from diffusers import AutoencoderKL, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    from graphrun.nodes.zimage.loading import ZImageParts, ensure_fp32_compute
+    from graphrun.nodes.runtime import ensure_fp32_compute
+    from graphrun.nodes.zimage.loading import ZImageParts
     from graphrun.nodes.zimage.tiny import build_tokenizer
 
     configs = model_configs(scale)

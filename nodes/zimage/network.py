@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .loading import execution_device
+from ..runtime import execution_device
 
 if TYPE_CHECKING:
     from diffusers import ZImageTransformer2DModel

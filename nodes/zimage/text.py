@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from .loading import ensure_fp32_compute, execution_device
+from ..runtime import ensure_fp32_compute, execution_device
 
 PROMPT_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 

@@ -246,7 +246,7 @@ def write_diffusers_folder(components: dict[str, Any], out_dir: str | os.PathLik
     import diffusers
     import transformers
 
-    from .loading import quiet_progress
+    from ..runtime import quiet_progress
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .loading import execution_device
+from ..runtime import execution_device
 
 
 def vae_scale_factor(vae: Any) -> int:
