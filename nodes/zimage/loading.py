@@ -87,11 +87,6 @@ class ZImageParts:
     offloaded: bool = False
     source: str = ""
 
-    def __post_init__(self) -> None:
-        from .qk_norm import use_comfy_qk_norm
-
-        use_comfy_qk_norm(self.transformer)
-
 
 @contextlib.contextmanager
 def _offline() -> Iterator[None]:
