@@ -6,8 +6,8 @@ parameters annotated with ``int``/``float``/``str``/``bool``/``Literal[...]`` (o
 wrapped in ``Annotated[..., Field(...)]`` for ranges and descriptions) are primitive inputs
 that take literals, ``$params`` or links. ``Annotated[str, Choices(provider)]`` is a choice
 list that follows a registry: ``provider()`` is asked for the current values whenever the
-input is validated, described or put in a schema (so plugins can add values). The return annotation gives the outputs: one type,
-or a ``NamedTuple`` for several. The docstring is the help text users read with
+input is validated, described or put in a schema (so plugins can add values). The return
+annotation gives the outputs: one type, or a ``NamedTuple`` for several. The docstring is the help text users read with
 ``graphrun nodes NAME``.
 
 This module must not import torch: validation and conversion run without it.

@@ -74,7 +74,8 @@ def sampler(
     with handle.ready() as denoiser:
         samples = ksampler(
             denoiser, seed, steps, cfg, sampler, scheduler, positive, negative, latent.samples, denoise,
-            batch_index=latent.batch_index, callback=_progress(ctx), cpu_seed_offset=cpu_seed_offset(ctx.comfy_version),
+            batch_index=latent.batch_index, callback=_progress(ctx),
+            cpu_seed_offset=cpu_seed_offset(ctx.comfy_version),
         )
     return LatentValue(samples, latent.batch_index)
 
@@ -113,7 +114,8 @@ def sampler_advanced(
         samples = ksampler_advanced(
             denoiser, add_noise == "enable", noise_seed, steps, cfg, sampler, scheduler, positive, negative,
             latent.samples, start_at_step, end_at_step, return_with_leftover_noise == "enable",
-            batch_index=latent.batch_index, callback=_progress(ctx), cpu_seed_offset=cpu_seed_offset(ctx.comfy_version),
+            batch_index=latent.batch_index, callback=_progress(ctx),
+            cpu_seed_offset=cpu_seed_offset(ctx.comfy_version),
         )
     return LatentValue(samples, latent.batch_index)
 
@@ -146,7 +148,8 @@ def _sample_with_guider(ctx: Context, guider: GuiderValue, noise: Any, sampler: 
     with guider.model.ready() as denoiser:
         output, denoised = sample_custom(
             guider.build(denoiser), noise, sampler, sigmas, latent.samples,
-            batch_index=latent.batch_index, callback=_progress(ctx), cpu_seed_offset=cpu_seed_offset(ctx.comfy_version),
+            batch_index=latent.batch_index, callback=_progress(ctx),
+            cpu_seed_offset=cpu_seed_offset(ctx.comfy_version),
         )
     return SampledLatents(LatentValue(output, latent.batch_index), LatentValue(denoised, latent.batch_index))
 

@@ -54,8 +54,15 @@ def test_export_gives_the_workflow(tmp_path: Path) -> None:
     assert _shape(graph_to_api(graph)) == _shape(json.loads(LEGACY.read_text()))
 
 
-def test_no_lora_by_default(tmp_path: Path) -> None:
-    """The LoRA is optional: with lora '' the model passes through (same key as no LoRA node)."""
+def test_no_lora_by_default() -> None:
+    """The LoRA is optional: the shipped default '' (and 'none') passes model and clip through, without
+    reading any file."""
+    from graphrun.nodes.models import load_lora
+
     graph = graphrun.load(ROOT / "graphs" / "zimage_3stage.yaml")
     assert graph.params["lora"].default == "" and graph.params["lora_strength"].default == 0.8
     assert [d for d in graph.validate() if d.is_error] == []
+    model, clip = object(), object()
+    for name in ("", "none", " None "):
+        out = load_lora(None, model, name, 0.8, clip, 1.0)
+        assert out[0] is model and out[1] is clip
