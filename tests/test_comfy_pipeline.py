@@ -2,7 +2,9 @@
 
 ``tests/data/comfy/v0.18.1/pipeline/`` holds workflows that real ComfyUI v0.18.1 ran on the CPU in
 float32 on the tiny model files copied beside them, the PNGs it wrote and per-node summaries of
-its outputs (``record.json``). graphrun runs each workflow from its API JSON on the same files.
+its outputs (``record.json``); ``pipeline_extra/`` holds more such workflows (other samplers and
+schedulers, KSamplerAdvanced and SamplerCustomAdvanced splits, prompt escapes, batches, LoraLoader,
+extreme seeds) with ComfyUI's PNGs only. graphrun runs each workflow from its API JSON on the same files.
 The two networks (diffusers' Z-Image and ComfyUI's NextDiT) are not bit-identical in float32, so
 the criterion is ComfyUI's: per PNG at least 99.9 % of the uint8 values identical and none off by
 more than 2; latents within 1e-4 relative and conditionings within 1e-5 of each node's summary.
@@ -21,10 +23,18 @@ from PIL import Image
 
 import graphrun
 from graphrun.engine.context import RunOptions
-from graphrun.engine.executor import Runner
+from graphrun.engine.executor import NodeFailed, Runner
 
 PIPELINE = Path(__file__).parent / "data" / "comfy" / "v0.18.1" / "pipeline"
-WORKFLOWS = sorted(p.name for p in PIPELINE.iterdir() if (p / "workflow.api.json").exists())
+# More workflows run through real ComfyUI v0.18.1 on the same model files: PNGs only, no record.json
+# (see its README.md for how they were produced).
+PIPELINE_EXTRA = PIPELINE.parent / "pipeline_extra"
+WORKFLOWS = [
+    pytest.param(folder, id=folder.name)
+    for root in (PIPELINE, PIPELINE_EXTRA)
+    for folder in sorted(root.iterdir())
+    if (folder / "workflow.api.json").exists()
+]
 _COMFY_ID = re.compile(r"ComfyUI node (\S+) ")
 
 
@@ -72,10 +82,9 @@ def _check_summaries(runner: Runner, bound: Any, result: Any, record: dict[str, 
     return checked
 
 
-@pytest.mark.parametrize("name", WORKFLOWS)
-def test_workflow_matches_comfyui(name: str, tmp_path: Path) -> None:
-    folder = PIPELINE / name
-    record = json.loads((folder / "record.json").read_text())
+@pytest.mark.parametrize("folder", WORKFLOWS)
+def test_workflow_matches_comfyui(folder: Path, tmp_path: Path) -> None:
+    name = folder.name
     options = RunOptions(
         output_dir=tmp_path,
         extra={"models_dirs": [str(PIPELINE / "models")], "input_dirs": [str(PIPELINE / "inputs")]},
@@ -89,7 +98,24 @@ def test_workflow_matches_comfyui(name: str, tmp_path: Path) -> None:
     for ref, out in zip(references, produced):
         identical, worst = pixel_agreement(ref, out)
         assert identical >= 0.999 and worst <= 2, f"{name}/{out.name}: {identical:.4%} identical, max diff {worst}"
-    assert _check_summaries(runner, graph.bind(), result, record) > 0
+    if (folder / "record.json").exists():
+        record = json.loads((folder / "record.json").read_text())
+        assert _check_summaries(runner, graph.bind(), result, record) > 0
+
+
+@pytest.mark.parametrize("sampler", ["res_multistep", "euler_ancestral"])
+def test_largest_seed_fails_like_comfyui(sampler: str, tmp_path: Path) -> None:
+    """Seed 2**64 - 1 is valid for the KSampler, but both samplers seed their noise generator with
+    seed + 1 on the CPU, which overflows it: real ComfyUI v0.18.1 fails there ("Overflow when
+    unpacking long long"), res_multistep too although its eta 0 draws no noise (see
+    pipeline_extra/README.md); graphrun fails the same way rather than returning an image."""
+    workflow = json.loads((PIPELINE / "p2_turbo_res_multistep" / "workflow.api.json").read_text())
+    workflow["8"]["inputs"].update(seed=2**64 - 1, sampler_name=sampler)
+    path = tmp_path / "max_seed.api.json"
+    path.write_text(json.dumps(workflow))
+    options = RunOptions(output_dir=tmp_path, extra={"models_dirs": [str(PIPELINE / "models")]})
+    with pytest.raises(NodeFailed, match="does not fit the noise generator"):
+        graphrun.load(path, runner=Runner(options)).run()
 
 
 def test_october_2025_setting_reproduces_the_old_ancestral_noise(tmp_path: Path) -> None:

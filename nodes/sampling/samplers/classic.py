@@ -101,7 +101,9 @@ def sample_res_multistep(
     """Second-order multistep RES solver (Zhang et al. 2023, arXiv:2308.02157)."""
     # eta > 0 is ComfyUI's res_multistep_ancestral (VE ancestral step even for flow models); cfg_pp
     # its *_cfg_pp variants, which step with the unconditional prediction (samplers.multistep).
-    if eta > 0 and noise_sampler is None:
+    # Built even when eta is 0 (no noise is drawn then), as ComfyUI does: seeding the generator is
+    # what rejects seed 2**64 - 1 (seed + 1 overflows it), so plain res_multistep fails there too.
+    if noise_sampler is None:
         noise_sampler = default_noise_sampler(x, seed, cpu_seed_offset)
     s_in = x.new_ones([x.shape[0]])
     total = len(sigmas) - 1
