@@ -570,13 +570,24 @@ def check_lora(lora: LoraWeights, models: Sequence[torch.nn.Module]) -> tuple[Lo
 
     Warns once with :class:`LoraWarning`, naming the keys that none of the models uses (ComfyUI
     ignores the same keys). Raises :class:`LoraError` when no key applies at all, saying that ComfyUI
-    would also ignore the file.
+    would also ignore the file, unless every key is a text-encoder key: such a file (kohya `lora_te*`
+    keys, which this ComfyUI does not read for Qwen3, or text-encoder keys without a CLIP) runs in
+    ComfyUI as a no-op, so it only warns here too.
     """
     matches = tuple(match_lora(model, lora) for model in models)
     used = set().union(*(m.used_keys for m in matches))
     ignored = [k for k in lora.keys if k not in used]
     kinds = " and the ".join(m.model_kind for m in matches)
     hints = _hints(lora, ignored, matches)
+    if not used and all(k.startswith(_TEXT_ENCODER_KEY_PREFIXES) for k in lora.keys):
+        warnings.warn(
+            f"LoRA {lora.name!r}: none of its {len(lora.keys)} text-encoder keys is applied, and ComfyUI "
+            f"{COMFY_LORA_VERSION} ignores them too ('lora key not loaded'): {_few(ignored)}; the model and "
+            f"clip are unchanged.{hints}",
+            LoraWarning,
+            stacklevel=2,
+        )
+        return matches
     if not used:
         sample = ", ".join(repr(k) for k in lora.keys[:4])
         total = sum(m.model_weights for m in matches)
@@ -596,6 +607,9 @@ def check_lora(lora: LoraWeights, models: Sequence[torch.nn.Module]) -> tuple[Lo
             stacklevel=2,
         )
     return matches
+
+
+_TEXT_ENCODER_KEY_PREFIXES = ("lora_te", "text_encoders.", "text_encoder.")
 
 
 def _hints(lora: LoraWeights, ignored: Sequence[str], matches: Sequence[LoraMatch]) -> str:

@@ -324,7 +324,7 @@ def load_lora(
     for warning in caught:
         ctx.warn(str(warning.message))
     # matching validated the file against the models; patches are applied while they run
-    handle = model if strength_model == 0 else model.with_lora(lora, strength_model)
+    handle = model if strength_model == 0 or not matches[0].patches else model.with_lora(lora, strength_model)
     if clip is not None and strength_clip != 0 and matches[1].patches:
         clip = clip.with_lora(lora, strength_clip)
     return LoraOutputs(handle, clip)

@@ -3,8 +3,9 @@
 ``tests/data/comfy/v0.18.1/pipeline/`` holds workflows that real ComfyUI v0.18.1 ran on the CPU in
 float32 on the tiny model files copied beside them, the PNGs it wrote and per-node summaries of
 its outputs (``record.json``); ``pipeline_extra/`` holds more such workflows (other samplers and
-schedulers, KSamplerAdvanced and SamplerCustomAdvanced splits, prompt escapes, batches, LoraLoader,
-extreme seeds) with ComfyUI's PNGs only. graphrun runs each workflow from its API JSON on the same files.
+schedulers, KSamplerAdvanced and SamplerCustomAdvanced splits, prompt escapes, batches, LoraLoader
+with model and text-encoder keys, ``embedding:`` words, quantized model files, extreme seeds) with
+ComfyUI's PNGs only. graphrun runs each workflow from its API JSON on the same files.
 The two networks (diffusers' Z-Image and ComfyUI's NextDiT) are not bit-identical in float32, so
 the criterion is ComfyUI's: per PNG at least 99.9 % of the uint8 values identical and none off by
 more than 2; latents within 1e-4 relative and conditionings within 1e-5 of each node's summary.
@@ -36,6 +37,8 @@ WORKFLOWS = [
     if (folder / "workflow.api.json").exists()
 ]
 _COMFY_ID = re.compile(r"ComfyUI node (\S+) ")
+# pipeline_extra's own model files (tiny LoRAs, embeddings, the quantized files), in ComfyUI's layout.
+EXTRA_MODELS = PIPELINE_EXTRA / "models"
 
 
 def pixel_agreement(reference: Path, produced: Path) -> tuple[float, int]:
@@ -85,9 +88,9 @@ def _check_summaries(runner: Runner, bound: Any, result: Any, record: dict[str, 
 @pytest.mark.parametrize("folder", WORKFLOWS)
 def test_workflow_matches_comfyui(folder: Path, tmp_path: Path) -> None:
     name = folder.name
+    models_dirs = [str(PIPELINE / "models"), str(EXTRA_MODELS)]
     options = RunOptions(
-        output_dir=tmp_path,
-        extra={"models_dirs": [str(PIPELINE / "models")], "input_dirs": [str(PIPELINE / "inputs")]},
+        output_dir=tmp_path, extra={"models_dirs": models_dirs, "input_dirs": [str(PIPELINE / "inputs")]}
     )
     runner = Runner(options, cache_bytes=8 << 30)
     graph = graphrun.load(folder / "workflow.api.json", runner=runner)
@@ -101,6 +104,38 @@ def test_workflow_matches_comfyui(folder: Path, tmp_path: Path) -> None:
     if (folder / "record.json").exists():
         record = json.loads((folder / "record.json").read_text())
         assert _check_summaries(runner, graph.bind(), result, record) > 0
+
+
+def _run_extra(workflow: dict[str, Any], out: Path) -> np.ndarray:
+    """Run an API workflow on pipeline/ and pipeline_extra/ models; the pixels of its one PNG."""
+    out.mkdir(parents=True)
+    (out / "workflow.api.json").write_text(json.dumps(workflow))
+    options = RunOptions(output_dir=out, extra={"models_dirs": [str(PIPELINE / "models"), str(EXTRA_MODELS)]})
+    (png,) = graphrun.load(out / "workflow.api.json", runner=Runner(options)).run().files
+    return np.asarray(Image.open(png).convert("RGB"))
+
+
+def test_kohya_text_encoder_keys_are_ignored_with_a_warning(tmp_path: Path) -> None:
+    """e31: ComfyUI v0.18.1 reads no kohya ``lora_te*`` keys for Qwen3 ("lora key not loaded") and the
+    file's transformer key runs at strength_model 0, so ComfyUI's PNG is byte-identical to the graph
+    without the LoraLoader. graphrun names the ignored keys and gives its no-LoRA image exactly."""
+    workflow = json.loads((PIPELINE_EXTRA / "e31_lora_kohya_te_ignored" / "workflow.api.json").read_text())
+    with pytest.warns(UserWarning, match=r"8 of 10 keys are not applied.*lora_te1_model_layers_0_mlp_up_proj"):
+        with_lora = _run_extra(workflow, tmp_path / "lora")
+    del workflow["13"]
+    workflow["4"]["inputs"]["model"], workflow["5"]["inputs"]["clip"] = ["1", 0], ["2", 0]
+    assert np.array_equal(with_lora, _run_extra(workflow, tmp_path / "plain"))
+
+
+def test_missing_embeddings_are_dropped_with_a_warning(tmp_path: Path) -> None:
+    """e33: ``embedding:nosuch`` names no file, and ``embedding:tinyemb`` at the very end of the prompt
+    takes the template's ``<|im_end|>`` into its name; ComfyUI drops both, graphrun warns about each."""
+    workflow = json.loads((PIPELINE_EXTRA / "e33_embedding_missing" / "workflow.api.json").read_text())
+    with pytest.warns(UserWarning) as caught:
+        _run_extra(workflow, tmp_path / "out")
+    dropped = [str(w.message) for w in caught if "is dropped from the prompt" in str(w.message)]
+    assert len(dropped) == 2
+    assert "embedding 'nosuch' not found" in dropped[0] and "embedding 'tinyemb<|im_end|>' not found" in dropped[1]
 
 
 @pytest.mark.parametrize("sampler", ["res_multistep", "euler_ancestral"])

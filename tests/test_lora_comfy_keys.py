@@ -297,13 +297,29 @@ def test_strength_clip_patches_the_text_encoder_exactly(parts, base, tmp_path):
         assert torch.equal(value, original[key]), key
 
 
-def test_text_encoder_keys_need_a_clip(parts, tmp_path):
+def test_text_encoder_keys_need_a_clip(parts, base, tmp_path):
     """LoraLoaderModelOnly (no clip): ComfyUI's table has no text-encoder prefixes, so a text-encoder-only
-    LoRA matches nothing."""
+    LoRA changes nothing ("lora key not loaded", the workflow still runs); graphrun warns and the image
+    is the no-LoRA image."""
     path = tmp_path / "te_only.safetensors"
     _te_lora(parts, path)
-    with pytest.raises(NodeFailed, match="matched none.*text-encoder keys apply only with a CLIP connected"):
-        _run(_graph(str(path)), tmp_path)
+    with pytest.warns(UserWarning, match="none of its 37 text-encoder keys is applied.*apply only with a CLIP connected"):
+        image, cond = _run(_graph(str(path)), tmp_path)
+    assert np.array_equal(image, base[0]) and torch.equal(cond, base[1])
+
+
+def test_kohya_text_encoder_only_lora_is_a_no_op_as_in_comfyui(parts, base, tmp_path):
+    """Only kohya `lora_te_*` keys: ComfyUI v0.18.1 does not read them for Qwen3 and runs the workflow
+    unchanged, so graphrun warns (naming them) and gives the no-LoRA image and conditioning."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "kohya_te.safetensors"
+    save_file({"lora_te_model_layers_0_self_attn_q_proj.lora_down.weight": torch.ones(2, 32),
+               "lora_te_model_layers_0_self_attn_q_proj.lora_up.weight": torch.ones(32, 2),
+               "lora_te_model_layers_0_self_attn_q_proj.alpha": torch.tensor(2.0)}, str(path))
+    with pytest.warns(UserWarning, match="lora_te_model_layers_0_self_attn_q_proj.*kohya `lora_te\\*` keys are not read"):
+        image, cond = _run(_graph(str(path), 1.0, 1.0), tmp_path)
+    assert np.array_equal(image, base[0]) and torch.equal(cond, base[1])
 
 
 def test_model_and_text_encoder_patches_together(parts, lora_dir, peft_image, tmp_path):
