@@ -1,6 +1,7 @@
 """The Python API: ``graphrun.load(path_or_dict)`` -> :class:`Graph`; ``graph.run(**params)``."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Union
 
@@ -9,6 +10,7 @@ from .executor import RunResult, Runner
 from .graph import Document, ParamDecl, load_document
 from .node import CheckEnv, Registry, make_registry
 from .progress import Reporter
+from .shipped import resolve_graph
 from .validate import BoundGraph, bind, check
 
 
@@ -40,7 +42,8 @@ class Graph:
 
     def _env(self) -> CheckEnv:
         graph_dir = Path(self.document.file).parent if self.document.file else None
-        return CheckEnv(graph_dir=graph_dir, options=self.runner.options.extra)
+        options = self.runner.options
+        return CheckEnv(graph_dir=graph_dir, options={**options.extra, "output_dir": str(options.output_dir)})
 
     def validate(self, **params: Any) -> list[Diagnostic]:
         """Every diagnostic (errors and warnings) with these params applied."""
@@ -62,21 +65,29 @@ class Graph:
         return batch(self, rows, out_dir, **options)
 
 
+def _is_path_text(text: str) -> bool:
+    """A string is a path unless it is YAML/JSON text (several lines, or a flow mapping)."""
+    return "\n" not in text and not text.lstrip().startswith("{")
+
+
 def load(
-    source: Union[str, Path, dict],
+    source: Union[str, "os.PathLike[str]", dict],
     *,
     plugins: list[Union[str, Path]] = (),
     registry: Registry | None = None,
     runner: Runner | None = None,
 ) -> Graph:
-    """Load a graph from a YAML/JSON path, YAML text, or a dict; a ComfyUI workflow
-    (.json in UI or API format, or a .png carrying one) is converted on the way in.
+    """Load a graph from a YAML/JSON path (a ``str`` or a ``Path``), YAML text, or a dict; a ComfyUI
+    workflow (.json in UI or API format, or a .png carrying one) is converted on the way in. A name
+    that is not a file here, such as ``"zimage_turbo"``, is a graph shipped with graphrun.
 
     Syntax errors and unconvertible workflows raise :class:`GraphError` at once; everything
     else is reported by ``graph.validate()`` or raised by ``graph.run()``.
     """
     registry = registry or make_registry(list(plugins))
-    if isinstance(source, (str, Path)) and Path(source).suffix.lower() in (".json", ".png") and Path(source).is_file():
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and _is_path_text(source)):
+        source = resolve_graph(os.fspath(source))  # a shipped graph by name when no such file exists
+    if isinstance(source, Path) and source.suffix.lower() in (".json", ".png") and source.is_file():
         from .comfy_bridge import load_any
 
         return Graph(load_any(Path(source), registry), registry, runner)

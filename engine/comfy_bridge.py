@@ -2,11 +2,14 @@
 
 * ``graphrun X.json|X.png ...`` runs a ComfyUI workflow directly (:func:`load_any`);
 * ``graphrun convert X.json|X.png -o OUT.yaml`` writes it as a graphrun graph (:func:`cmd_convert`);
-* ``graphrun export GRAPH.yaml -o OUT.api.json`` writes a graph as a ComfyUI API prompt (:func:`cmd_export`).
+* ``graphrun export GRAPH.yaml -o OUT.api.json`` writes a graph as a ComfyUI API prompt, ``--format ui`` as a UI
+  workflow ComfyUI opens (:func:`cmd_export`).
 
 Formats are told apart by content: a JSON file with a ``nodes`` mapping is a graphrun document; one with a
 ``nodes`` list (UI format), ``class_type`` entries (API format) or a queued-prompt envelope is a ComfyUI workflow.
-From a PNG the ``prompt`` chunk (what actually ran) is preferred over ``workflow``. UI workflows go through
+A PNG graphrun wrote carries the graph document and the param values used (its ``graphrun`` chunk): that is read
+first, so the graph's params and ``--set`` work as on the original file. From other PNGs the ``prompt`` chunk
+(what actually ran) is preferred over ``workflow``. UI workflows go through
 :func:`.comfy.ui_to_api.ui_to_api` with the widget layouts the registry declares, then every API prompt through
 :func:`.comfy.api_to_graph.api_to_document`.
 
@@ -34,8 +37,8 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_INVALID = 0, 2
 
 __all__ = [
-    "load_any", "load_comfy", "convert_file", "document_yaml", "promote_params", "without_file_checks",
-    "cmd_convert", "cmd_export",
+    "load_any", "load_comfy", "graphrun_png_document", "convert_file", "document_yaml", "promote_params",
+    "without_file_checks", "cmd_convert", "cmd_export",
 ]
 
 
@@ -70,7 +73,34 @@ def load_any(path: Path, registry: Registry) -> Document:
     path = Path(path)
     if not _comfy_candidate(path):
         return load_document(path)
-    return load_comfy(path, registry)
+    data, notes = graphrun_png_document(path)
+    if data is not None:
+        return document_from_data(data, SourceMap(file=str(path)))
+    document = load_comfy(path, registry)
+    document.problems[:0] = notes
+    return document
+
+
+def graphrun_png_document(path: Path) -> tuple[dict[str, Any] | None, list[Diagnostic]]:
+    """The graph document (params set to the values used) of a PNG graphrun wrote, from its ``graphrun`` chunk.
+
+    ``(None, [])`` for anything else (not a PNG, no such chunk: the ComfyUI chunks are read instead);
+    ``(None, [warning])`` when the chunk is there but unreadable.
+    """
+    from .comfy.png import graphrun_document, read_png_chunks
+    from .comfy.ui_to_api import ComfyFormatError
+
+    if path.suffix.lower() != ".png":
+        return None, []
+    try:
+        chunks = read_png_chunks(path)
+    except ComfyFormatError:
+        return None, []  # convert_file reports unreadable files
+    data, problem = graphrun_document(chunks)
+    if problem is None:
+        return data, []
+    return None, [Diagnostic("comfy_workflow", f"{problem}; read the ComfyUI 'prompt'/'workflow' chunks instead",
+                             severity="warning", file=str(path))]
 
 
 def load_comfy(path: Path, registry: Registry) -> Document:
@@ -209,14 +239,19 @@ def _write_new(path: str | None, text: str) -> int:
     if not path:
         sys.stdout.write(text)
         return EXIT_OK
+    created = False
     try:
+        # "x": never overwrite; mode 0o666 less the umask, like any file a user's tools write.
         with open(path, "x", encoding="utf-8") as handle:
+            created = True
             handle.write(text)
     except FileExistsError:
         print(f"error: {path} already exists; graphrun never overwrites files (choose another -o name)",
               file=sys.stderr)
         return EXIT_INVALID
     except OSError as exc:
+        if created:  # nothing half-written stays behind (a full disk, a quota)
+            Path(path).unlink(missing_ok=True)
         print(f"error: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_INVALID
     print(f"wrote {path}", file=sys.stderr)
@@ -233,10 +268,13 @@ def cmd_convert(args: argparse.Namespace, registry: Registry) -> int:
             Diagnostic("GR017", f"{path} is not a ComfyUI workflow", file=str(path),
                        hint="convert reads ComfyUI .json (API or UI format) or a PNG made by ComfyUI or graphrun")
         ])
-    conversion = convert_file(path, registry)
-    data = promote_params(conversion.document, getattr(args, "param", None) or [], registry)
+    data, notes = graphrun_png_document(path)
+    if data is None:  # a ComfyUI workflow (or a PNG without graphrun's chunk)
+        conversion = convert_file(path, registry)
+        data, notes = conversion.document, notes + conversion.notes
+    data = promote_params(data, getattr(args, "param", None) or [], registry)
     document = document_from_data(data, SourceMap(file=str(path)))
-    document.problems.extend(conversion.notes)
+    document.problems.extend(notes)
     _, diagnostics = _validated(document, registry, parse_overrides(getattr(args, "set", None) or []))
     _print(diagnostics)
     return _write_new(args.output, document_yaml(data))
@@ -261,7 +299,7 @@ def promote_params(data: dict[str, Any], specs: list[str], registry: Registry) -
     for spec in specs:
         name, sep, targets = spec.partition("=")
         name = name.strip()
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name) or not targets.strip():
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or not targets.strip():
             problems.append(Diagnostic("GR016", f"--param {spec!r} is not NAME=node.input[,node.input...]",
                                        hint="e.g. --param prompt=positive.text --param seed=sampler.seed"))
             continue
@@ -301,10 +339,17 @@ def promote_params(data: dict[str, Any], specs: list[str], registry: Registry) -
 
 
 def cmd_export(args: argparse.Namespace, registry: Registry) -> int:
-    """`graphrun export GRAPH [--set k=v] [-o OUT.api.json]`: a graph as a ComfyUI API prompt."""
+    """`graphrun export GRAPH [--set k=v] [--format api|ui] [-o OUT.json]`: a graph as a ComfyUI API prompt, or as
+    a UI workflow (what ComfyUI's Load / drag-and-drop opens)."""
+    from .comfy.api_to_ui import api_to_ui
     from .comfy.export import graph_to_api
 
     document = load_any(Path(args.file), registry)
     graph, diagnostics = _validated(document, registry, parse_overrides(getattr(args, "set", None) or []))
     _print(diagnostics)
-    return _write_new(args.output, json.dumps(graph_to_api(graph), indent=2, ensure_ascii=False) + "\n")
+    notes: list[str] = []
+    prompt = graph_to_api(graph, notes)
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    data = api_to_ui(prompt, registry) if getattr(args, "format", "api") == "ui" else prompt
+    return _write_new(args.output, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

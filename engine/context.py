@@ -1,6 +1,7 @@
 """The object a node receives instead of globals: device policy, progress, interrupt, output dir."""
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -24,8 +25,17 @@ class RunOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Paths may be given as strings (RunOptions(output_dir="out")).
+        # Paths may be given as strings (RunOptions(output_dir="out")) or as Path objects, one folder or a list.
         self.output_dir = Path(self.output_dir)
+        self.extra = dict(self.extra)
+        for key in ("models_dirs", "input_dirs"):
+            folders = self.extra.get(key)
+            if isinstance(folders, (str, os.PathLike)):
+                self.extra[key] = [os.fspath(folders)]
+            elif folders is not None:
+                self.extra[key] = [os.fspath(f) for f in folders]
+        if isinstance(self.extra.get("extra_model_paths"), os.PathLike):
+            self.extra["extra_model_paths"] = os.fspath(self.extra["extra_model_paths"])
 
 
 class Context:

@@ -1,10 +1,12 @@
 """Diagnostic records: every user-facing problem with a graph, located and with a fix hint."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import json
 from dataclasses import asdict, dataclass
-from typing import Iterable, Literal
+from typing import Iterable, Iterator, Literal
 
 Severity = Literal["error", "warning"]
 
@@ -82,9 +84,37 @@ class GraphError(Exception):
         super().__init__("\n".join(d.format() for d in errors) or "invalid graph")
 
 
+# Each hint compares the word with every candidate: in a graph of 100,000 nodes, as many misspelt
+# references would cost 10^10 comparisons. Validation sets a budget (see `hint_budget`); once it is
+# spent, hints are left out (the messages stay) and validation stays linear in the graph's size.
+_BUDGET: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("graphrun_hint_budget", default=None)
+HINT_COMPARISONS = 200_000
+_LONGEST_WORD = 100  # a longer "name" is not a misspelling of one
+
+
+@contextlib.contextmanager
+def hint_budget(comparisons: int = HINT_COMPARISONS) -> Iterator[None]:
+    """Within this block, did-you-mean hints compare at most ``comparisons`` candidates in all."""
+    token = _BUDGET.set([comparisons])
+    try:
+        yield
+    finally:
+        _BUDGET.reset(token)
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """A 'did you mean' hint for a misspelt name, or None."""
-    matches = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
+    """A 'did you mean' hint for a misspelt name, or None (also when the hint budget is spent)."""
+    if not isinstance(word, str) or len(word) > _LONGEST_WORD:
+        return None
+    budget = _BUDGET.get()
+    if budget is not None and hasattr(candidates, "__len__") and len(candidates) > budget[0]:
+        return None  # checked before copying: a skipped hint costs nothing
+    candidates = [c for c in candidates if isinstance(c, str)]
+    if budget is not None:
+        if len(candidates) > budget[0]:
+            return None
+        budget[0] -= len(candidates)
+    matches = difflib.get_close_matches(word, candidates, n=3, cutoff=0.6)
     if not matches:
         lowered = {c.lower(): c for c in candidates}
         if word.lower() in lowered:

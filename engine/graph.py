@@ -20,6 +20,7 @@ This module parses; :mod:`graphrun.engine.validate` checks against the node regi
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +29,18 @@ from typing import Any, Iterable, Union
 import yaml
 
 from .diagnostics import Diagnostic, GraphError, did_you_mean
+from .limits import (
+    MAX_DOCUMENT_BYTES, MAX_INT_DIGITS, LimitError, YAMLSyntaxError, parse_yaml, short_repr, value_problems,
+)
 
 PARAM_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
-NODE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+# \Z, not $: `$` also matches before a final newline, which would let "save\n" pass as an id.
+# Check with fullmatch (`.match` stays correct too, for callers elsewhere).
+NODE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*\Z")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # param and output names (use fullmatch)
 RESERVED_NODE_KEYS = ("type", "description")
 _TEMPLATE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
-_WHOLE_PARAM = re.compile(r"^\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))$")
+_WHOLE_PARAM = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")  # fullmatch
 
 Path_ = tuple[Union[str, int], ...]
 
@@ -89,7 +96,7 @@ def parse_link(text: str) -> Link | None:
     if not isinstance(text, str) or not text:
         return None
     node, _, output = text.partition(".")
-    if not NODE_ID.match(node) or (output and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", output)):
+    if not NODE_ID.fullmatch(node) or (output and not IDENTIFIER.fullmatch(output)):
         return None
     return Link(node, output or None)
 
@@ -101,7 +108,7 @@ def parse_primitive(value: Any) -> InputValue | None:
             return parse_link(value["from"])
         return None
     if isinstance(value, str) and "$" in value:
-        whole = _WHOLE_PARAM.match(value)
+        whole = _WHOLE_PARAM.fullmatch(value)
         if whole:
             return ParamRef(whole.group(1) or whole.group(2))
         parts: list[Union[str, ParamRef]] = []
@@ -144,67 +151,47 @@ class SourceMap:
         return {"file": self.file, "line": pos[0], "column": pos[1]}
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (a silent override is a classic YAML trap)."""
-
-
-def _record(node: yaml.Node, path: Path_, positions: dict[Path_, tuple[int, int]], dups: list) -> None:
-    positions.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
-    if isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in seen:
-                dups.append((path + (key,), key_node))
-            seen.add(key)
-            positions[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            _record(value_node, path + (key,), positions, dups)
-            positions[path + (key,)] = (value_node.start_mark.line + 1, value_node.start_mark.column + 1)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _record(item, path + (i,), positions, dups)
+_SYNTAX_HINT = (
+    "check indentation, colons and quotes near this position; a string containing ': ', '{' or '#' needs quotes"
+)
 
 
 def parse_text(text: str, file: str | None = None) -> tuple[Any, SourceMap]:
-    """Parse YAML (JSON is YAML) with positions. Raises GraphError(GR001/GR002) on syntax errors."""
+    """Parse YAML (JSON is YAML) with positions, within :mod:`graphrun.engine.limits`.
+
+    Raises GraphError: GR001 for a syntax error, GR002 for a duplicate key or a document beyond a
+    limit (nesting, aliases, integer size, NUL or unpaired surrogates in text, unsupported tags).
+    """
     source = SourceMap(file=file)
     try:
-        root = yaml.compose(text, Loader=_UniqueKeyLoader)
-        data = yaml.load(text, Loader=_UniqueKeyLoader) if root is not None else None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        result = parse_yaml(text)
+    except YAMLSyntaxError as exc:
         raise GraphError(
             [
                 Diagnostic(
-                    "GR001",
-                    f"YAML syntax error: {problem}",
-                    file=file,
-                    line=mark.line + 1 if mark else None,
-                    column=mark.column + 1 if mark else None,
-                    hint="check indentation, colons and quotes near this position; "
-                    "a string containing ': ', '{' or '#' needs quotes",
+                    "GR001", f"YAML syntax error: {exc.problem}", file=file, line=exc.line, column=exc.column,
+                    hint=_SYNTAX_HINT if exc.line is not None else None,
                 )
             ]
         ) from None
-    except yaml.YAMLError as exc:
-        raise GraphError([Diagnostic("GR001", f"YAML syntax error: {exc}", file=file)]) from None
-    dups: list = []
-    if root is not None:
-        _record(root, (), source.positions, dups)
-    if dups:
+    except LimitError as exc:
+        raise GraphError([Diagnostic("GR002", exc.message, file=file, line=exc.line, column=exc.column)]) from None
+    source.positions = result.positions
+    if result.duplicates:
         raise GraphError(
             [
                 Diagnostic(
                     "GR002",
-                    f"key {path[-1]!r} appears twice in the same mapping",
+                    f"key {short_repr(path[-1], 60)} appears twice in the same mapping",
                     hint="YAML would silently keep only the last one; remove or rename the duplicate",
-                    **source.locate(path),
+                    file=file,
+                    line=line,
+                    column=column,
                 )
-                for path, _ in dups
+                for path, line, column in result.duplicates
             ]
         )
-    return data, source
+    return result.data, source
 
 
 # ---------------------------------------------------------------- the document
@@ -271,7 +258,7 @@ def coerce_param(value: Any, type_name: str) -> Any:
             return True
         if text in ("false", "0", "no", "off"):
             return False
-        raise ValueError(f"expected true/false, got {value!r}")
+        raise ValueError(f"expected true/false, got {short_repr(value)}")
     if type_name == "INT":
         if isinstance(value, bool):
             raise ValueError(f"expected an integer, got {value!r}")
@@ -279,19 +266,25 @@ def coerce_param(value: Any, type_name: str) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        text = str(value).strip() if isinstance(value, (str, float)) else None
+        if text is not None and len(text.lstrip("+-")) > MAX_INT_DIGITS and text.lstrip("+-").isdigit():
+            raise ValueError(f"expected an integer of at most {MAX_INT_DIGITS} digits, got {len(text)} digits")
         try:
-            return int(str(value).strip())
-        except ValueError:
-            raise ValueError(f"expected an integer, got {value!r}") from None
+            return int(text) if text is not None else int(value)
+        except (ValueError, TypeError):
+            raise ValueError(f"expected an integer, got {short_repr(value)}") from None
     if type_name == "FLOAT":
         if isinstance(value, bool):
             raise ValueError(f"expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
         try:
-            return float(str(value).strip())
-        except ValueError:
-            raise ValueError(f"expected a number, got {value!r}") from None
+            number = float(value) if isinstance(value, (int, float)) else float(str(value).strip())
+        except (ValueError, TypeError):
+            raise ValueError(f"expected a number, got {short_repr(value)}") from None
+        except OverflowError:  # an int too large for a float
+            raise ValueError(f"{short_repr(value)} is too large for a FLOAT") from None
+        if not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {short_repr(value)}")
+        return number
     raise ValueError(f"unknown param type {type_name!r}")
 
 
@@ -306,7 +299,7 @@ def _parse_params(raw: Any, source: SourceMap, problems: list[Diagnostic]) -> di
         return params
     for name, decl in raw.items():
         loc = source.locate(("params", name))
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+        if not isinstance(name, str) or not IDENTIFIER.fullmatch(name):
             problems.append(Diagnostic("GR015", f"param name {name!r} is not an identifier", **loc))
             continue
         if not isinstance(decl, dict):  # shorthand: `seed: 42`
@@ -354,13 +347,21 @@ def _parse_params(raw: Any, source: SourceMap, problems: list[Diagnostic]) -> di
                 problems.append(
                     Diagnostic(
                         "GR015",
-                        f"param '{name}' default {decl.get('default')!r}: {exc}",
+                        f"param '{name}' default {short_repr(decl.get('default'))}: {exc}",
                         input=name,
                         **source.locate(("params", name, "default")),
                     )
                 )
                 continue
         description = decl.get("description") or ""
+        if isinstance(description, (dict, list)):
+            problems.append(
+                Diagnostic(
+                    "GR015", f"param '{name}' description must be text", input=name,
+                    **source.locate(("params", name, "description")),
+                )
+            )
+            continue
         params[name] = ParamDecl(name, type_name, default, str(description))
     return params
 
@@ -378,12 +379,13 @@ def _parse_nodes(raw: Any, source: SourceMap, problems: list[Diagnostic]) -> dic
         return nodes
     for node_id, body in raw.items():
         loc = source.locate(("nodes", node_id))
-        if not isinstance(node_id, str) or not NODE_ID.match(node_id):
+        if not isinstance(node_id, str) or not NODE_ID.fullmatch(node_id):
             problems.append(
                 Diagnostic(
                     "GR002",
-                    f"node id {node_id!r} is not valid",
-                    hint="use letters, digits, '_' and '-' (no dots: 'node.output' references outputs)",
+                    f"node id {short_repr(node_id)} is not valid",
+                    hint="use letters, digits, '_' and '-' (no dots: 'node.output' references outputs)"
+                    + (_YAML_BOOL_HINT if isinstance(node_id, bool) or node_id is None else ""),
                     **loc,
                 )
             )
@@ -398,21 +400,57 @@ def _parse_nodes(raw: Any, source: SourceMap, problems: list[Diagnostic]) -> dic
             problems.append(
                 Diagnostic(
                     "GR002",
-                    "node has no 'type'",
+                    "node has no 'type'" if node_type in (None, "") else
+                    f"the node's 'type' must be a node type name, got {short_repr(node_type)}",
                     node=node_id,
                     hint="add type: <NodeType>; `graphrun nodes` lists them",
-                    **loc,
+                    **(loc if node_type in (None, "") else source.locate(("nodes", node_id, "type"))),
                 )
             )
             continue
-        inputs = {str(k): v for k, v in body.items() if k not in RESERVED_NODE_KEYS}
-        nodes[node_id] = NodeEntry(node_id, node_type, inputs, str(body.get("description") or ""))
+        description = body.get("description") or ""
+        bad_keys = [k for k in body if not isinstance(k, str)]
+        for key in bad_keys:  # str(key) could collide with a real input name, and never names an input
+            problems.append(
+                Diagnostic(
+                    "GR002",
+                    f"input name {short_repr(key)} is not text",
+                    node=node_id,
+                    hint="input names are words such as seed or text"
+                    + (_YAML_BOOL_HINT if isinstance(key, bool) or key is None else ""),
+                    **loc,
+                )
+            )
+        if isinstance(description, (dict, list)):
+            problems.append(
+                Diagnostic("GR002", "a node's 'description' must be text", node=node_id,
+                           **source.locate(("nodes", node_id, "description")))
+            )
+        if bad_keys or isinstance(description, (dict, list)):
+            continue
+        inputs = {k: v for k, v in body.items() if k not in RESERVED_NODE_KEYS}
+        nodes[node_id] = NodeEntry(node_id, node_type, inputs, str(description))
     return nodes
 
 
-def document_from_data(data: Any, source: SourceMap | None = None) -> Document:
-    """Build a Document from already-parsed data (dict), collecting structural problems."""
+_YAML_BOOL_HINT = "; YAML reads yes/no/on/off/true/false/null as booleans or null: quote the name"
+
+
+def document_from_data(data: Any, source: SourceMap | None = None, *, checked: bool = False) -> Document:
+    """Build a Document from already-parsed data (dict), collecting structural problems.
+
+    Unless ``checked`` (the data came from :func:`parse_text`), the data is first checked against
+    :mod:`graphrun.engine.limits` (nesting, self-containing values, integer size, NUL or unpaired
+    surrogates in text): GraphError(GR002) naming each place.
+    """
     source = source or SourceMap()
+    if not checked:
+        limit_problems = [
+            Diagnostic("GR002", f"{exc.where()}{exc.message}", **source.locate(exc.path))
+            for exc in value_problems(data)
+        ]
+        if limit_problems:
+            raise GraphError(limit_problems)
     problems: list[Diagnostic] = []
     if not isinstance(data, dict):
         problems.append(
@@ -427,15 +465,18 @@ def document_from_data(data: Any, source: SourceMap | None = None) -> Document:
         return Document("untitled", "", {}, {}, source, data, problems)
     unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
     for key in unknown:
-        hint = did_you_mean(str(key), list(TOP_LEVEL_KEYS))
+        hint = did_you_mean(str(key), list(TOP_LEVEL_KEYS)) if isinstance(key, str) else None
         problems.append(
             Diagnostic(
                 "GR002",
-                f"unknown top-level key {key!r}",
+                f"unknown top-level key {short_repr(key)}",
                 hint=hint or "a document has graph, description, comfy, params and nodes",
                 **source.locate((key,)),
             )
         )
+    for key in ("graph", "description"):
+        if isinstance(data.get(key), (dict, list)):
+            problems.append(Diagnostic("GR002", f"'{key}' must be text", **source.locate((key,))))
     name = data.get("graph") or (Path(source.file).stem if source.file else "untitled")
     params = _parse_params(data.get("params"), source, problems)
     nodes = _parse_nodes(data.get("nodes"), source, problems)
@@ -474,26 +515,51 @@ def load_document(doc: Union[str, Path, dict]) -> Document:
         return document_from_data(doc)
     if isinstance(doc, Path) or (isinstance(doc, str) and "\n" not in doc and not doc.lstrip().startswith("{")):
         path = Path(doc)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise GraphError([Diagnostic("GR017", f"graph file {path} does not exist", file=str(path))]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise GraphError([Diagnostic("GR017", f"cannot read graph file {path}: {exc}", file=str(path))]) from None
+        text = read_document_text(path)
         data, source = parse_text(text, str(path))
-        return document_from_data(data, source)
+        return document_from_data(data, source, checked=True)
     data, source = parse_text(str(doc))
-    return document_from_data(data, source)
+    return document_from_data(data, source, checked=True)
+
+
+def read_document_text(path: Path) -> str:
+    """A YAML/JSON document file's text (UTF-8, at most MAX_DOCUMENT_BYTES); GraphError(GR017) otherwise."""
+    file = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_DOCUMENT_BYTES:
+            raise GraphError([Diagnostic(
+                "GR017", f"graph file {path} is {size / 2**20:.0f} MiB; graphrun reads documents of at most "
+                f"{MAX_DOCUMENT_BYTES // 2**20} MiB", file=file)])
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise GraphError([Diagnostic("GR017", f"graph file {path} does not exist", file=file)]) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = getattr(exc, "strerror", None) or exc
+        raise GraphError([Diagnostic("GR017", f"cannot read graph file {path}: {reason}", file=file)]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise GraphError([Diagnostic(
+            "GR017", f"graph file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} cannot start or continue "
+            "a UTF-8 character)", file=file, line=line, column=column,
+            hint="save the file as UTF-8")]) from None
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, str]:
-    """``["k=v", ...]`` from ``--set`` into a dict (values stay strings; coerced per param later)."""
+    """``["k=v", ...]`` from ``--set`` into a dict (values stay strings; coerced per param or input later).
+
+    ``name=value`` sets a param, ``node.input=value`` a node's input (see :mod:`graphrun.engine.overrides`).
+    """
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise GraphError(
-                [Diagnostic("GR016", f"--set {item!r} is not name=value", hint="write --set seed=7")]
+                [Diagnostic("GR016", f"--set {item!r} is not name=value",
+                            hint="write --set seed=7 (a param) or --set NODE.INPUT=VALUE (a node input)")]
             )
         out[key.strip()] = value
     return out

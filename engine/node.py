@@ -395,6 +395,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._specs: dict[str, NodeSpec] = {}
+        self._comfy: dict[str, tuple[NodeSpec, Comfy]] | None = None  # comfy_index, built once per change
 
     def __contains__(self, name: str) -> bool:
         return name in self._specs
@@ -412,6 +413,7 @@ class Registry:
         return sorted(self._specs)
 
     def add(self, spec: NodeSpec) -> None:
+        self._comfy = None
         existing = self._specs.get(spec.name)
         if existing is not None and existing is not spec:
             raise RegistryError(
@@ -472,11 +474,20 @@ class Registry:
 
     def comfy_index(self) -> dict[str, tuple[NodeSpec, Comfy]]:
         """ComfyUI class_type -> (node type, mapping)."""
-        index: dict[str, tuple[NodeSpec, Comfy]] = {}
-        for spec in self._specs.values():
-            for comfy in spec.comfy:
-                index.setdefault(comfy.class_type, (spec, comfy))
-        return index
+        return dict(self._comfy_table())
+
+    def comfy_spec(self, class_type: str) -> tuple[NodeSpec, Comfy] | None:
+        """The node type (and mapping) standing for a ComfyUI class_type, or None."""
+        return self._comfy_table().get(class_type)
+
+    def _comfy_table(self) -> dict[str, tuple[NodeSpec, Comfy]]:
+        if self._comfy is None:  # validation asks once per unknown node type: build the table once
+            index: dict[str, tuple[NodeSpec, Comfy]] = {}
+            for spec in self._specs.values():
+                for comfy in spec.comfy:
+                    index.setdefault(comfy.class_type, (spec, comfy))
+            self._comfy = index
+        return self._comfy
 
 
 _DEFAULT: Registry | None = None

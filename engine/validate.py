@@ -5,6 +5,8 @@ typed) and the full list of diagnostics. Each rule is a plain function appending
 """
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,14 @@ from typing import Any
 import networkx as nx
 from pydantic import ValidationError
 
-from .diagnostics import Diagnostic, GraphError, did_you_mean
+from .diagnostics import Diagnostic, GraphError, did_you_mean, hint_budget
 from .graph import Document, Link, Literal_, ParamRef, Template, coerce_param, parse_link, parse_primitive
+from .limits import short_repr, value_problems
 from .node import CheckEnv, InputSpec, NodeSpec, Registry
+
+# INT inputs take what a 64-bit integer holds, signed or unsigned (ComfyUI's seeds go up to 2**64 - 1):
+# larger values cannot reach torch, numpy or a PNG's metadata intact.
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -81,11 +88,12 @@ def _bad_value(
     """GR009 for a literal that fails its input's type, range or choices (a misspelt choice gets a
     did-you-mean)."""
     choices = ispec.choices
-    message = f"value {value!r}{origin} is invalid: {_value_error(exc)}"
+    message = f"value {short_repr(value)}{origin} is invalid: {_value_error(exc)}"
     hint = f"expected {_describe(ispec)}"
     if choices and exc.errors()[0].get("type") == "literal_error":
         if len(choices) > _LONG_CHOICE_LIST:
-            message = f"value {value!r}{origin} is not one of the {len(choices)} choices of {spec.name}.{ispec.name}"
+            where_from = f"{spec.name}.{ispec.name}"
+            message = f"value {short_repr(value)}{origin} is not one of the {len(choices)} choices of {where_from}"
         close = did_you_mean(str(value), [str(c) for c in choices])
         if close:
             hint = f"{close} (`graphrun nodes {spec.name}` lists the choices)"
@@ -104,6 +112,12 @@ def resolve_params(doc: Document, overrides: dict[str, Any], diags: list[Diagnos
                 Diagnostic("GR016", f"unknown param '{name}'", input=name, hint=hint or f"this graph's params: {known}")
             )
             continue
+        problems = list(value_problems(raw, max_problems=1))  # batch rows and Python callers give any value
+        if problems:
+            diags.append(
+                Diagnostic("GR016", f"param '{name}': {problems[0].where()}{problems[0].message}", input=name)
+            )
+            continue
         try:
             values[name] = coerce_param(raw, decl.type)
         except ValueError as exc:
@@ -118,14 +132,41 @@ def resolve_params(doc: Document, overrides: dict[str, Any], diags: list[Diagnos
     return values
 
 
+def _number_problem(ispec: InputSpec, value: Any) -> str | None:
+    """What pydantic's lax mode lets through but a numeric input must refuse: booleans (True is an int
+    in Python), NaN and infinities, integers beyond 64 bits."""
+    if ispec.type_name not in ("INT", "FLOAT"):
+        return None
+    if isinstance(value, bool):
+        return f"{value!r} is a boolean, and {ispec.type_name} input '{ispec.name}' takes a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"value {value!r} is not a finite number"
+    if isinstance(value, str) and ispec.type_name == "FLOAT":  # 'nan', '1e999': text a FLOAT input would read
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        if not math.isfinite(number):
+            return f"value {short_repr(value)} is not a finite number"
+    if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
+        return f"value {short_repr(value)} does not fit in 64 bits"
+    return None
+
+
 def _bind_node(
-    doc: Document, node_id: str, registry: Registry, params: dict[str, Any], used: set[str], diags: list[Diagnostic]
+    doc: Document,
+    node_id: str,
+    registry: Registry,
+    params: dict[str, Any],
+    used: set[str],
+    diags: list[Diagnostic],
+    order: int | None = None,
 ) -> BoundNode | None:
     entry = doc.nodes[node_id]
     loc = doc.source.locate
     spec = registry.get(entry.type)
     if spec is None:
-        comfy = registry.comfy_index().get(entry.type)
+        comfy = registry.comfy_spec(entry.type)
         if comfy is not None:
             hint = f"'{entry.type}' is the ComfyUI name; graphrun calls it '{comfy[0].name}'"
         else:
@@ -159,7 +200,7 @@ def _bind_node(
                 diags.append(
                     Diagnostic(
                         "GR009",
-                        f"{ispec.type_name} input takes a link, got {raw!r}",
+                        f"{ispec.type_name} input takes a link, got {short_repr(raw)}",
                         node=node_id,
                         input=name,
                         hint="write the source node id, or node.output",
@@ -174,7 +215,7 @@ def _bind_node(
             diags.append(
                 Diagnostic(
                     "GR009",
-                    f"malformed value {raw!r}",
+                    f"malformed value {short_repr(raw)}",
                     node=node_id,
                     input=name,
                     hint="a link to a primitive input is written {from: node.output}",
@@ -256,10 +297,21 @@ def _bind_node(
         else:
             assert isinstance(value, Literal_)
             resolved = value.value
-        try:
-            literals[name] = ispec.adapter().validate_python(resolved)
-        except ValidationError as exc:
-            diags.append(_bad_value(spec, ispec, resolved, origin, exc, node_id, where))
+        problem = _number_problem(ispec, resolved)
+        if problem is None:
+            try:
+                literals[name] = ispec.adapter().validate_python(resolved)
+            except ValidationError as exc:
+                diags.append(_bad_value(spec, ispec, resolved, origin, exc, node_id, where))
+                continue
+            problem = _number_problem(ispec, literals[name])  # e.g. the text 'nan' read as a FLOAT
+        if problem is not None:
+            literals.pop(name, None)
+            diags.append(
+                Diagnostic(
+                    "GR009", problem + origin, node=node_id, input=name, hint=f"expected {_describe(ispec)}", **where
+                )
+            )
     for ispec in spec.inputs:
         if ispec.name in literals or ispec.name in links or ispec.name in entry.inputs:
             continue
@@ -280,7 +332,8 @@ def _bind_node(
             )
         elif not ispec.socket:
             literals[ispec.name] = ispec.default
-    order = list(doc.nodes).index(node_id)
+    if order is None:
+        order = list(doc.nodes).index(node_id)
     return BoundNode(node_id, spec, literals, links, entry.description, order)
 
 
@@ -361,11 +414,29 @@ def _check_links(doc: Document, bound: dict[str, BoundNode], diags: list[Diagnos
 
 
 def _check_cycles(doc: Document, bound: dict[str, BoundNode], diags: list[Diagnostic]) -> bool:
-    g = nx.DiGraph()
+    # Peel off nodes whose inputs are all resolved (Kahn's algorithm, linear); only what is left lies
+    # on or behind a cycle, and only that goes to the (costlier) cycle enumeration.
+    waiting = {node_id: 0 for node_id in bound}
+    feeds: dict[str, list[str]] = {node_id: [] for node_id in bound}
     for node in bound.values():
         for src, _ in node.links.values():
             if src in bound:
-                g.add_edge(src, node.id)
+                feeds[src].append(node.id)
+                waiting[node.id] += 1
+    ready = deque(node_id for node_id, count in waiting.items() if count == 0)
+    while ready:
+        for target in feeds[ready.popleft()]:
+            waiting[target] -= 1
+            if waiting[target] == 0:
+                ready.append(target)
+    if not any(waiting.values()):
+        return False
+    g = nx.DiGraph()
+    for node in bound.values():
+        if waiting[node.id]:
+            for src, _ in node.links.values():
+                if src in bound and waiting[src]:
+                    g.add_edge(src, node.id)
     found = False
     order = {node_id: i for i, node_id in enumerate(doc.nodes)}
     for cycle in nx.simple_cycles(g):
@@ -388,18 +459,14 @@ def _check_cycles(doc: Document, bound: dict[str, BoundNode], diags: list[Diagno
 
 
 def needed_nodes(bound: dict[str, BoundNode]) -> set[str]:
-    """Output nodes and everything that feeds them."""
-    g = nx.DiGraph()
-    for node in bound.values():
-        g.add_node(node.id)
-        for src, _ in node.links.values():
-            if src in bound:
-                g.add_edge(src, node.id)
-    needed: set[str] = set()
-    for node in bound.values():
-        if node.spec.output:
-            needed.add(node.id)
-            needed |= nx.ancestors(g, node.id)
+    """Output nodes and everything that feeds them (one walk from all outputs at once: linear)."""
+    needed = {node.id for node in bound.values() if node.spec.output}
+    queue = deque(needed)
+    while queue:
+        for src, _ in bound[queue.popleft()].links.values():
+            if src in bound and src not in needed:
+                needed.add(src)
+                queue.append(src)
     return needed
 
 
@@ -436,12 +503,23 @@ def check(
     ``env`` tells node checks where the graph file lives and how model files are searched.
     Returns (bound graph or None when there are errors, every diagnostic found).
     """
-    diags: list[Diagnostic] = list(doc.problems)
-    params = resolve_params(doc, overrides or {}, diags)
+    with hint_budget():  # did-you-mean hints cost names x candidates: bounded, so validation stays linear
+        return _check(doc, registry, overrides, env)
+
+
+def _check(
+    doc: Document, registry: Registry, overrides: dict[str, Any] | None, env: CheckEnv | None
+) -> tuple[BoundGraph | None, list[Diagnostic]]:
+    from .overrides import apply_overrides
+
+    # `--set NODE.INPUT=VALUE` edits a copy of the document; the rest are params (unknown ones reported there).
+    doc, overrides, override_diags = apply_overrides(doc, registry, overrides or {})
+    diags: list[Diagnostic] = list(doc.problems) + override_diags
+    params = resolve_params(doc, overrides, diags)
     used: set[str] = set()
     bound: dict[str, BoundNode] = {}
-    for node_id in doc.nodes:
-        node = _bind_node(doc, node_id, registry, params, used, diags)
+    for order, node_id in enumerate(doc.nodes):
+        node = _bind_node(doc, node_id, registry, params, used, diags, order)
         if node is not None:
             bound[node_id] = node
     if env is None:

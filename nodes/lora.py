@@ -289,6 +289,12 @@ def load_lora(path: str | Path) -> LoraWeights:
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from .model_files import ModelFileError, read_safetensors_header, require_finite
+
+    try:
+        read_safetensors_header(path)  # says what is wrong with a damaged file, before reading it
+    except ModelFileError as err:
+        raise LoraError(f"LoRA {path.name!r} is not a valid safetensors file: {err}") from None
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
@@ -302,6 +308,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
                 "pickle because loading it can run arbitrary code. Convert it to safetensors first."
             ) from None
         raise LoraError(f"LoRA {path.name!r} is not a valid safetensors file (damaged or truncated?): {err}") from err
+    # NaN/Inf weights would patch the model without any error and give black pictures.
+    require_finite(tensors, path, "LoRA file", error=LoraError)
     return tensors, metadata
 
 

@@ -99,25 +99,16 @@ def _device_dtype(ctx: Context, override: str | None = None) -> tuple[Any, Any]:
     return resolve_device_dtype(ctx.options.device, override or ctx.options.dtype)
 
 
-_PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
-
-
 def _check_zimage_folder(literals: dict[str, Any], env: CheckEnv) -> list[Problem]:
+    from .model_files import tiny_notice
+    from .zimage.sources import source_problem
+
     path = literals.get("path", "tiny")
     if path == "tiny":
+        tiny_notice()
         return []
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        return [
-            Problem(
-                "path",
-                f"Z-Image model folder '{path}' does not exist" if not folder.exists() else f"'{path}' is not a folder",
-                "give a diffusers folder (model_index.json, transformer/, text_encoder/, tokenizer/, vae/) or 'tiny'",
-            )
-        ]
-    if not (folder / "model_index.json").is_file():
-        return [Problem("path", f"'{path}' has no model_index.json: not a diffusers model folder", None)]
-    return []
+    problem = source_problem(path)  # the message says what was expected
+    return [Problem("path", problem, None)] if problem else []
 
 
 def no_lora(name: str) -> bool:
@@ -127,47 +118,81 @@ def no_lora(name: str) -> bool:
 
 
 def file_check(input_name: str, kind: str, allow_pickle: bool = False):
-    """A validation-time check that a named model file resolves (and, unless ``allow_pickle``,
-    is not a pickle file)."""
+    """A validation-time check that a named model file resolves and that its safetensors header
+    is sound (not empty, truncated, corrupt or a pickle in disguise); unless ``allow_pickle``, a
+    pickle file (.ckpt/.pt/.pth/.bin) is refused by name."""
 
     def check(literals: dict[str, Any], env: CheckEnv) -> list[Problem]:
-        from .model_files import ModelFileNotFound, resolve_model_file
+        from .model_files import PICKLE_SUFFIXES, ModelFileNotFound, ModelPathsError, model_file_problem, \
+            resolve_model_file
 
         name = literals.get(input_name, "")
         if kind == "loras" and (name.startswith("tiny:") or no_lora(name)):
             return []
-        if not allow_pickle and name.lower().endswith(_PICKLE_SUFFIXES):
+        if not allow_pickle and name.lower().endswith(PICKLE_SUFFIXES):
             return [Problem(input_name, f"'{name}' is a pickle file; graphrun loads safetensors only",
                             "convert it to .safetensors (pickle files can run arbitrary code)")]
         try:
-            resolve_model_file(name, kind, env.options.get("models_dirs", []), env.options.get("extra_model_paths"))
+            path = resolve_model_file(name, kind, env.options.get("models_dirs", []),
+                                      env.options.get("extra_model_paths"))
         except ModelFileNotFound as exc:
-            return [Problem(input_name, str(exc).split("; looked in")[0], "looked in" + str(exc).split("; looked in", 1)[1])]
+            message, _, looked = str(exc).partition("; looked in")
+            return [Problem(input_name, message, ("looked in" + looked) if looked else None)]
+        except ModelPathsError as exc:
+            return [Problem(input_name, str(exc), None)]
+        problem = model_file_problem(path, allow_pickle=allow_pickle)
+        if problem:
+            return [Problem(input_name, f"{kind} file '{name}' cannot be loaded: {problem}", None)]
         return []
 
     return check
+
+
+def _check_text_encoder(literals: dict[str, Any], env: CheckEnv) -> list[Problem]:
+    """The text encoder file, and a GRAPHRUN_TOKENIZER that names no tokenizer."""
+    problems = file_check("name", "text_encoders")(literals, env)
+    from .zimage.sources import tokenizer_env_problem
+
+    problem = tokenizer_env_problem()
+    return problems + ([Problem("name", problem, None)] if problem else [])
 
 
 @node("LoadZImage", category="loaders", keep=True, check=_check_zimage_folder)
 def load_zimage(
     ctx: Context,
     path: Annotated[
-        str, Field(description="a Z-Image diffusers folder (e.g. Tongyi-MAI/Z-Image-Turbo), or 'tiny'")
+        str, Field(description="a Z-Image diffusers folder, a ComfyUI models folder, a Hugging Face repo id in the "
+                               "local cache (Tongyi-MAI/Z-Image-Turbo), or 'tiny'")
     ] = "tiny",
 ) -> ZImageOutputs:
-    """Load a Z-Image model from a diffusers folder: the MODEL, its text encoder (CLIP) and VAE.
+    """Load a Z-Image model: the MODEL, its text encoder (CLIP) and VAE.
 
-    `tiny` is a tiny random-weight Z-Image with the real architecture, built locally on first
-    use (offline; pictures are noise). Device and dtype follow `--device`/`--dtype` (default:
+    `path` is a diffusers folder (model_index.json, transformer/, text_encoder/, tokenizer/, vae/), a
+    ComfyUI models folder holding one Z-Image diffusion model, text encoder and VAE (in
+    diffusion_models/ or unet/, text_encoders/ or clip/, vae/; with several, pick them with
+    LoadDiffusionModel, LoadTextEncoder and LoadVAE), or a Hugging Face repo id such as
+    `Tongyi-MAI/Z-Image-Turbo`, read from the local Hugging Face cache (HF_HOME, HF_HUB_CACHE; nothing
+    is downloaded). `tiny` is a tiny random-weight Z-Image with the real architecture, built locally
+    on first use (offline; pictures are noise). Device and dtype follow `--device`/`--dtype` (default:
     CUDA + bf16 when available, else CPU + fp32); `--offload` keeps weights on the CPU between uses.
     """
-    from .zimage.loading import load_diffusers_folder
+    from .model_files import tiny_notice
+    from .zimage.loading import load_diffusers_folder, load_single_files
     from .zimage.network import ZImageDenoiser
+    from .zimage.sources import resolve_zimage_source
     from .zimage.tiny import tiny_model_dir
 
-    folder = tiny_model_dir() if path == "tiny" else Path(path).expanduser()
+    source = resolve_zimage_source(path)
     device, dtype = _device_dtype(ctx)
-    parts = load_diffusers_folder(folder, device, dtype, offload=ctx.options.offload)
+    if source.kind == "comfy":
+        files = source.files
+        parts = load_single_files(files["transformer"], files["text_encoder"], files["vae"], device, dtype,
+                                  offload=ctx.options.offload)
+    else:
+        if source.kind == "tiny":
+            tiny_notice()
+        folder = tiny_model_dir() if source.folder is None else source.folder
+        parts = load_diffusers_folder(folder, device, dtype, offload=ctx.options.offload)
     return ZImageOutputs(
         ModelHandle(ZImageDenoiser.from_parts(parts)),
         ClipHandle(parts.text_encoder, parts.tokenizer),
@@ -217,7 +242,7 @@ def load_diffusion_model(
     category="loaders",
     keep=True,
     comfy=Comfy("CLIPLoader", inputs={"name": "clip_name", "clip_type": "type"}),
-    check=file_check("name", "text_encoders"),
+    check=_check_text_encoder,
 )
 def load_text_encoder(
     ctx: Context,
@@ -227,8 +252,9 @@ def load_text_encoder(
 ) -> Clip:
     """Load the Qwen3 text encoder from one safetensors file (ComfyUI CLIPLoader, type lumina2).
 
-    The tokenizer is looked for next to the file (`tokenizer/`) or in `GRAPHRUN_TOKENIZER`;
-    the tiny model's encoder uses its built-in byte tokenizer. ComfyUI's quantized encoders
+    The tokenizer is `tokenizer/` next to the file, else the folder `GRAPHRUN_TOKENIZER` names, else
+    the Qwen tokenizer bundled with graphrun (the one ComfyUI uses); the tiny model's encoder uses its
+    built-in byte tokenizer. ComfyUI's quantized encoders
     (`qwen_3_4b_fp8_mixed`, `*_fp8_scaled`, nvfp4/mxfp8 mixed files) load too: their quantized layers are
     dequantized in float32 at each call, exactly as ComfyUI v0.18.1 does.
     """

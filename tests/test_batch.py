@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,11 +98,14 @@ def test_read_rows_jsonl_csv_txt_and_memory(tmp_path: Path) -> None:
 
     txt = tmp_path / "p.txt"
     txt.write_text("a cat\n\n  a dog  \n")
-    assert [(r.id, r.values) for r in read_rows(txt)] == [("00000", {"prompt": "a cat"}), ("00001", {"prompt": "a dog"})]
+    # A prompt row is named after its text (slug + hash), so lines can move without renaming rows.
+    assert [(r.id, r.values) for r in read_rows(txt)] == [
+        ("a-cat-51e467415607", {"prompt": "a cat"}), ("a-dog-7dbdf68ac0bb", {"prompt": "a dog"}),
+    ]
 
     rows = read_rows(["one", {"id": 5, "seed": 2}, {"id": "A"}, {"id": "a"}, {"id": "../up"}, {"id": ".hidden"},
                       {"id": "line\n"}, 3])
-    assert [r.id for r in rows] == ["00000", "5", "A", None, None, None, None, None]
+    assert [r.id for r in rows] == ["one-7692c3ad3540", "5", "A", None, None, None, None, None]
     assert "used by row 2" in rows[3].error  # case-insensitive: one folder on macOS/Windows
     assert all("cannot name a folder" in r.error for r in rows[4:7])
     assert "mapping or a prompt string" in rows[7].error
@@ -167,15 +171,18 @@ def test_rerun_skips_finished_rows_and_retries_failed_ones(tmp_path: Path) -> No
     assert (out / "00000" / "result.txt").stat().st_mtime_ns == stamp
     lines = manifest_lines(out)
     assert [(l["id"], l["status"]) for l in lines] == [
-        ("00000", "ok"), ("00001", "failed"), ("00002", "ok"), ("00001", "ok"),  # skipped rows add no line
+        ("00000", "ok"), ("00001", "failed"), ("00002", "ok"),
+        ("00000", "skipped"), ("00001", "ok"), ("00002", "skipped"),  # every row of every run has a line
     ]
-    assert {k: v["status"] for k, v in read_manifest(out).items()} == {"00000": "ok", "00001": "ok", "00002": "ok"}
+    assert lines[3]["files"] == ["00000/result.txt"] and lines[3]["folder"] == "00000"
+    assert {k: v["status"] for k, v in read_manifest(out).items()} == {
+        "00000": "skipped", "00001": "ok", "00002": "skipped",
+    }
 
     # A complete folder the manifest does not record (killed between rename and append) is
     # recorded as skipped; a deleted folder runs again.
     (out / MANIFEST).write_text("")
-    (out / "00002" / "result.txt").unlink()
-    (out / "00002").rmdir()
+    shutil.rmtree(out / "00002")
     third = batch(graph, rows, out, plugins=[PLUGIN], progress="none")
     assert [r.status for r in third.rows] == ["skipped", "skipped", "ok"]
     assert [(l["id"], l["status"], l["files"]) for l in manifest_lines(out)] == [
@@ -251,12 +258,14 @@ def test_cli_txt_batch_with_set_and_progress_lines(tmp_path: Path, capsys: pytes
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert captured.out.strip() == str(out / MANIFEST)
-    assert (out / "00000" / "first.txt").read_text() == "104" and (out / "00001" / "second.txt").read_text() == "104"
-    assert "[1/2] row 00000 ok" in captured.err and "[2/2] row 00001 ok" in captured.err
+    first, second = out / "first-a7937b64b8ca", out / "second-16367aacb67a"  # .txt rows: named by their text
+    assert (first / "first.txt").read_text() == "104" and (second / "second.txt").read_text() == "104"
+    assert f"[1/2] row {first.name} ok" in captured.err and f"[2/2] row {second.name} ok" in captured.err
     assert "batch done: 2 ok, 0 failed, 0 skipped" in captured.err
     assert "(Slow)" not in captured.err  # per-node lines stay quiet during a batch
 
-    rc = main(["run", str(graph), "--plugin", PLUGIN, "--batch", str(prompts), "--out", str(out), "--progress", "json"])
+    rc = main(["run", str(graph), "--plugin", PLUGIN, "--batch", str(prompts), "--out", str(out), "--set", "n=4",
+               "--progress", "json"])
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert rc == 0 and events == [{"event": "batch", "ok": 0, "failed": 0, "skipped": 2, "interrupted": False,
                                    "manifest": str(out / MANIFEST)}]
@@ -321,7 +330,8 @@ def test_sigint_midway_then_rerun_completes_the_rest_once(tmp_path: Path) -> Non
     assert proc.returncode == 0, err
     lines = manifest_lines(out)
     assert Counter(l["id"] for l in lines if l["status"] == "ok") == Counter(f"{i:05d}" for i in range(60))
-    assert [l["status"] for l in lines] == ["ok"] * 60  # finished rows were skipped, not redone
+    # Finished rows were skipped (and recorded so), not redone.
+    assert [l["status"] for l in lines[len(first):]] == ["skipped"] * len(first) + ["ok"] * (60 - len(first))
     assert {f: (out / f).stat().st_mtime_ns for f in stamps} == stamps
     assert all(l["files"] == [f"{l['id']}/img_00001_.png"] for l in lines)
     assert not (out / STAGING).exists()

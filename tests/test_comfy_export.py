@@ -41,6 +41,25 @@ def signature(graph: BoundGraph) -> dict[str, tuple]:
     return out
 
 
+ZIMAGE_PARTS = {  # LoadZImage is exported as ComfyUI's three loaders on Z-Image Turbo's file names
+    "model": ("LoadDiffusionModel", {"name": "z_image_turbo_bf16.safetensors", "weight_dtype": "default"}),
+    "clip": ("LoadTextEncoder", {"name": "qwen_3_4b.safetensors", "clip_type": "lumina2", "device": "default"}),
+    "vae": ("LoadVAE", {"name": "ae.safetensors"}),
+}
+
+
+def exported_signature(graph: BoundGraph) -> dict[str, tuple]:
+    """The signature import(export(graph)) must have: each LoadZImage split into its three ComfyUI loaders."""
+    split = {n.id for n in graph.nodes.values() if n.spec.name == "LoadZImage"}
+    out = {}
+    for node_id, (kind, values, links) in signature(graph).items():
+        if node_id in split:
+            out.update({f"{node_id}_{part}": (t, v, {}) for part, (t, v) in ZIMAGE_PARTS.items()})
+            continue
+        out[node_id] = (kind, values, {k: (f"{s}_{o}", o) if s in split else (s, o) for k, (s, o) in links.items()})
+    return out
+
+
 def reimport(prompt: dict[str, Any]) -> BoundGraph:
     """import(prompt) after a trip through JSON text, as a file would make it."""
     conversion = api_to_document(json.loads(json.dumps(prompt)), REG)
@@ -52,7 +71,7 @@ def test_import_of_export_reproduces_every_shipped_graph(path):
     graph = bind(load_document(path))
     prompt = graph_to_api(graph)
     assert detect_format(prompt) == "api"
-    assert signature(reimport(prompt)) == signature(graph)
+    assert signature(reimport(prompt)) == exported_signature(graph)
 
 
 def test_export_of_imported_legacy_workflow_gives_back_its_comfyui_types():
@@ -101,27 +120,32 @@ def test_the_narrowest_exact_comfyui_counterpart_is_chosen():
     kinds = {n["_meta"]["graphrun"]: n["class_type"] for n in prompt.values()}
     assert kinds["lora1"] == "LoraLoaderModelOnly" and kinds["lora2"] == kinds["lora3"] == "LoraLoader"
     assert kinds["empty"] == "EmptySD3LatentImage" and kinds["empty4"] == "EmptyLatentImage"
-    assert kinds["zimage"] == "LoadZImage"  # no ComfyUI counterpart: written under its graphrun name
+    # no ComfyUI counterpart of its own: written as the ComfyUI loaders that do the same
+    assert "zimage" not in kinds and [kinds[f"zimage_{p}"] for p in ("model", "clip", "vae")] == [
+        "UNETLoader", "CLIPLoader", "VAELoader"]
     assert kinds["sample"] == "KSampler" and kinds["positive"] == "CLIPTextEncode"
     inputs = {n["_meta"]["graphrun"]: n["inputs"] for n in prompt.values()}
     assert inputs["empty"] == {"width": 64, "height": 64, "batch_size": 1}  # channels is graphrun-only
     assert inputs["empty4"] == {"width": 64, "height": 64, "batch_size": 1}
-    assert inputs["lora1"] == {"model": [_id(prompt, "zimage"), 0], "lora_name": "tiny:peft", "strength_model": 0.5}
-    assert inputs["lora2"]["clip"] == [_id(prompt, "zimage"), 1]
+    assert inputs["lora1"] == {"model": [_id(prompt, "zimage_model"), 0], "lora_name": "tiny:peft",
+                               "strength_model": 0.5}
+    assert inputs["lora2"]["clip"] == [_id(prompt, "zimage_clip"), 0]
     assert inputs["sample"]["latent_image"] == [_id(prompt, "empty"), 0] and inputs["sample"]["sampler_name"] == "euler"
     assert inputs["save"] == {"images": [_id(prompt, "decode"), 0], "filename_prefix": "ComfyUI"}
     assert choose_mapping(graph.nodes["decode"]).class_type == "VAEDecode"
-    assert signature(reimport(prompt)) == signature(graph)
+    assert signature(reimport(prompt)) == exported_signature(graph)
 
 
 def test_titles_ids_and_descriptions_survive():
     graph = small_graph(save={"type": "SaveImage", "images": "decode", "description": "Final image"})
     prompt = graph_to_api(graph)
-    assert list(prompt) == [str(i) for i in range(1, 7)]
+    assert list(prompt) == [str(i) for i in range(1, 9)]  # LoadZImage takes three ids (its three loaders)
     assert prompt[_id(prompt, "save")]["_meta"] == {"title": "Final image", "graphrun": "save"}
     assert prompt[_id(prompt, "sample")]["_meta"] == {"title": "sample", "graphrun": "sample"}
     nodes = api_to_document(prompt, REG).document["nodes"]
-    assert list(nodes) == ["zimage", "positive", "empty", "sample", "decode", "save"]
+    assert list(nodes) == ["zimage_model", "zimage_clip", "zimage_vae", "positive", "empty", "sample", "decode",
+                           "save"]
+    assert nodes["zimage_clip"]["description"] == "zimage: text encoder"
     assert nodes["save"]["description"] == "Final image" and "description" not in nodes["sample"]
 
 

@@ -302,7 +302,7 @@ def test_base_template_folds_the_resolution_selector_and_aliases_save_image_adva
     assert (sampler["steps"], sampler["cfg"], sampler["sampler"]) == (25, 4, "res_multistep")
     assert node_of_type(conversion.document, "SaveImage")["filename_prefix"] == "Z_image_base"
     assert nodes["unet_loader"]["name"] == "z_image_bf16.safetensors"
-    assert [d.code for d in conversion.notes] == ["comfy_alias"]
+    assert [d.code for d in conversion.notes] == ["comfy_alias", "comfy_seed_control"]  # its seed: randomize
 
 
 def test_upscaler_template_needs_the_upscale_nodes():
@@ -311,7 +311,7 @@ def test_upscaler_template_needs_the_upscale_nodes():
     conversion = convert_file(UPSCALER, REG)
     types = sorted(body["type"] for body in conversion.document["nodes"].values())
     assert types.count("TextEncode") == 2 and "LoadUpscaleModel" in types and "VAEEncode" in types
-    assert [d.code for d in conversion.notes] == ["comfy_display_only"]  # ImageCompare
+    assert [d.code for d in conversion.notes] == ["comfy_display_only", "comfy_seed_control"]  # ImageCompare; seed
 
 
 def zimage_base_dir(tmp_path: Path) -> Path:
@@ -391,6 +391,7 @@ def test_official_templates_run_full_size_from_their_json(template, tmp_path, ca
 
 
 def test_missing_model_file_lists_where_it_looked(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
     rc = main([str(LEGACY), "--models-dir", "tiny", "--models-dir", str(tmp_path / "empty"), "--out",
                str(tmp_path / "out")])
     err = capsys.readouterr().err
@@ -606,8 +607,11 @@ def test_problems_in_converted_workflows_name_the_comfy_node(tmp_path):
     assert error.message.endswith("[ComfyUI node 340 'LoRA']")
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a safetensors file")
-    with pytest.raises(NodeFailed, match=r"node 'lora' \(LoadLora\) \[ComfyUI node 340 'LoRA'\] failed: "):
+    # A damaged file is found at validation now, still named by its ComfyUI node.
+    with pytest.raises(GraphError) as caught:
         graphrun.load(_with_lora(tmp_path, broken), runner=graph.runner).run()
+    [error] = [d for d in caught.value.diagnostics if d.is_error]
+    assert error.message.endswith("[ComfyUI node 340 'LoRA']") and "not a safetensors file" in error.message
 
 
 def _with_lora(tmp_path, lora_path):

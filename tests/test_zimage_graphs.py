@@ -111,7 +111,7 @@ def test_saveimage_counter_continues_and_never_overwrites(tmp_path):
 
 
 def test_saveimage_refuses_paths_outside_output(tmp_path):
-    with pytest.raises(NodeFailed, match="would save outside the output folder"):
+    with pytest.raises(GraphError, match="would save outside the output folder"):
         run(single_stage(), tmp_path / "out", prefix="../escape")
     assert not (tmp_path / "escape_00001_.png").exists()
 
@@ -237,11 +237,11 @@ def test_corrupt_safetensors_gives_a_clear_error(tmp_path):
     weights = models / "diffusion_models" / "z_image_turbo_bf16.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     g = graphrun.load(comfy_files_graph(), runner=runner(tmp_path / "out", models_dirs=[str(models)]))
-    with pytest.raises(NodeFailed) as err:
+    with pytest.raises(GraphError) as err:  # found from the header, before anything loads
         g.run()
-    message = str(err.value)
-    assert message.startswith("node 'unet' (LoadDiffusionModel) failed: ")
-    assert "z_image_turbo_bf16.safetensors" in message and "Traceback" not in message
+    [error] = [d for d in err.value.diagnostics if d.is_error]
+    assert error.node == "unet" and error.code == "GR018"
+    assert "z_image_turbo_bf16.safetensors" in error.message and "truncated" in error.message
 
 
 def test_missing_model_file_and_pickle_are_validation_errors(tmp_path):

@@ -8,7 +8,19 @@ if TYPE_CHECKING:
 
 
 class BatchError(ValueError):
-    """The batch as a whole cannot run (unreadable rows file, output folder in use, no Ray)."""
+    """The batch as a whole cannot run (unreadable rows file, output folder unusable or in use,
+    changed rows, no Ray)."""
+
+
+class ChangedRows(BatchError):
+    """Rows whose folders were made from different inputs (see :mod:`.rowkey`); nothing ran.
+
+    ``ids`` names them; ``redo="changed"`` (``--redo changed``) renders them into new folders.
+    """
+
+    def __init__(self, message: str, ids: list[str]) -> None:
+        super().__init__(message)
+        self.ids = ids
 
 
 class BatchAborted(RuntimeError):

@@ -12,22 +12,29 @@ from typing import Any, Callable, Iterator
 
 from .errors import diagnostics_text, row_error_text
 from .rows import BatchRow
-from ..context import Interrupted
+from .rowkey import RowKey
+from ..context import Interrupted, RunOptions
 from ..executor import Runner
 from ..graph import Document
-from ..node import Registry
+from ..node import CheckEnv, Registry
 from ..progress import Reporter
 from ..validate import check
 
 
 @dataclass
 class Job:
-    """A row that will run: its validated param overrides and its staging folder."""
+    """A row that will run: its validated param overrides, its staging folder and the folder it
+    becomes (the row id, or ``<id>~N`` when a changed row is redone)."""
 
     row: BatchRow
     params: dict[str, Any]  # the overrides to bind with (already known to validate)
     resolved: dict[str, Any]  # every param value, for the manifest
     staging: Path
+    folder: str = ""
+    key: RowKey | None = None
+    replaces: str | None = None  # the folder of an earlier, different run of this row (kept)
+    seed_source: str | None = None  # with seed_from_row_id: where the row's seed came from
+    error: str | None = None  # set when the row cannot run after all (its staging folder failed)
 
 
 @dataclass
@@ -38,6 +45,12 @@ class Outcome:
     seconds: float = 0.0
     reported: list[str] = field(default_factory=list)  # files the output nodes returned, relative to staging
     interrupted: bool = False
+
+
+def check_env(document: Document, options: RunOptions) -> CheckEnv:
+    """What a row's validation consults: the graph's folder and the run's model search settings
+    (``--models-dir``, ``--extra-model-paths``), as for a single run."""
+    return CheckEnv(graph_dir=Path(document.file).parent if document.file else None, options=dict(options.extra))
 
 
 def run_row(
@@ -54,7 +67,7 @@ def run_row(
     back as ``interrupted``.
     """
     started = time.perf_counter()
-    graph, diags = check(document, registry, params)
+    graph, diags = check(document, registry, params, check_env(document, runner.options))
     if graph is None:
         return Outcome(error=diagnostics_text(diags), seconds=time.perf_counter() - started)
     base = runner.options
@@ -91,6 +104,9 @@ def local_executor(
         for job in jobs:
             if stop.is_set():
                 return
+            if job.error is not None:
+                yield Outcome(error=job.error)
+                continue
             yield run_row(runner, document, registry, job.params, job.staging, reporter)
 
     return outcomes

@@ -190,9 +190,13 @@ def ray_executor(
                     data = pickle.loads(waiting.pop(expected))
                     job = jobs[expected]
                     expected += 1
-                    if data["error"] is None:
-                        _write_files(job.staging, data["files"])
-                    yield Outcome(error=data["error"], seconds=data["seconds"], reported=data["reported"])
+                    error = job.error or data["error"]
+                    if error is None:
+                        try:
+                            _write_files(job.staging, data["files"])
+                        except OSError as exc:  # a full disk on the driver: this row fails, the batch goes on
+                            error = f"cannot write the row's files into {job.staging}: {exc.strerror or exc}"
+                    yield Outcome(error=error, seconds=data["seconds"], reported=data["reported"])
         finally:
             context.execution_options.preserve_order, context.enable_progress_bars = saved
             if started:

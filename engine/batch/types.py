@@ -2,6 +2,7 @@
 :class:`RowResult` (and its manifest line), :class:`BatchResult` and the exit codes."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,6 +14,14 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 Status = Literal["ok", "failed", "skipped"]
 ProgressMode = Literal["auto", "tqdm", "plain", "json", "none"]
+Redo = Literal["changed"]
+REDO_CHOICES: tuple[str, ...] = ("changed",)
+
+
+def row_seed(row_id: str) -> int:
+    """The seed ``seed_from_row_id`` gives a row: 32 bits of SHA-256 of its id, the same on every
+    machine and every run (0 <= seed < 2**32)."""
+    return int.from_bytes(hashlib.sha256(f"graphrun seed {row_id}".encode()).digest()[:4], "big")
 
 
 @dataclass
@@ -23,6 +32,11 @@ class BatchOptions:
     ``ray``: None runs locally; ``"auto"`` starts (or joins) a local Ray; else a Ray address.
     ``cpus_per_worker``: CPUs each Ray actor reserves (Ray's default, 1, when None); Ray sizes
     the actor's thread pools to it.
+    ``redo``: None refuses to start when a row's folder was made by different work (a changed
+    prompt, param, graph, model file or ComfyUI version: see :mod:`.rowkey`); ``"changed"``
+    renders those rows again into new folders ``<id>~2``, ``<id>~3``, ... and keeps the old ones.
+    ``seed_from_row_id``: each row without its own ``seed`` gets a seed derived from its row id
+    (:func:`row_seed`) instead of the graph's ``seed`` default; the graph must have a ``seed`` param.
     """
 
     rows: Union[Path, Iterable[Union[Mapping[str, Any], str]]]
@@ -31,6 +45,8 @@ class BatchOptions:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None
     progress: ProgressMode | None = None  # None: follow the runner's reporter
+    redo: Redo | None = None
+    seed_from_row_id: bool = False
 
 
 @dataclass
@@ -44,19 +60,30 @@ class RowResult:
     files: list[Path] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    folder: str | None = None  # the row folder's name under the output folder (``<id>`` or ``<id>~N``)
+    key: str | None = None  # the row key its folder was made with (see :mod:`.rowkey`)
+    replaces: str | None = None  # a redone row: the folder of its earlier run (kept as it was)
+    seed_source: str | None = None  # with seed_from_row_id: "row id" (derived) or "row" (the row's own)
 
     def record(self, out_dir: Path) -> dict[str, Any]:
         """The manifest line for this result."""
-        return {
+        line = {
             "row": self.index,
             "id": self.id,
             "status": self.status,
+            "folder": self.folder,
             "params": self.params,
             "files": [_relative(path, out_dir) for path in self.files],
             "error": self.error,
             "seconds": round(self.seconds, 4),
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "key": self.key,
         }
+        if self.replaces is not None:
+            line["replaces"] = self.replaces
+        if self.seed_source is not None:
+            line["seed_source"] = self.seed_source
+        return line
 
 
 @dataclass
@@ -66,6 +93,7 @@ class BatchResult:
     rows: list[RowResult]
     out_dir: Path
     interrupted: bool = False
+    manifest_error: str | None = None  # why manifest lines could not be written (rows still ran)
 
     @property
     def manifest(self) -> Path:
@@ -76,14 +104,14 @@ class BatchResult:
 
     @property
     def ok(self) -> bool:
-        """True when no row failed and the batch was not interrupted."""
-        return not self.interrupted and not self.with_status("failed")
+        """True when no row failed, the manifest was written and the batch was not interrupted."""
+        return not self.interrupted and not self.with_status("failed") and self.manifest_error is None
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return EXIT_FAILED if self.with_status("failed") else EXIT_OK
+        return EXIT_FAILED if self.with_status("failed") or self.manifest_error is not None else EXIT_OK
 
 
 def _relative(path: Path, out_dir: Path) -> str:

@@ -106,12 +106,16 @@ def node_name_base(class_type: str, title: str | None, graphrun_id: str | None) 
 def _unique_names(order: list[str], bases: dict[str, str]) -> dict[str, str]:
     taken: set[str] = set()
     names: dict[str, str] = {}
+    counters: dict[str, int] = {}  # per base, the last suffix tried: keeps 20k same-type nodes linear
     for comfy_id in order:
         base = bases[comfy_id]
-        name, n = base, 1
-        while name in taken:
-            n += 1
-            name = f"{base}_{n}"
+        name = base
+        if name in taken:
+            n = counters.get(base, 1)
+            while name in taken:
+                n += 1
+                name = f"{base}_{n}"
+            counters[base] = n
         taken.add(name)
         names[comfy_id] = name
     return names
@@ -132,6 +136,7 @@ class _Node:
     spec: NodeSpec | None = None
     comfy: Comfy | None = None
     alias: Alias | None = None
+    controls: dict[str, Any] = field(default_factory=dict)  # _meta.control_after_generate (UI import)
 
     @property
     def label(self) -> str:
@@ -215,6 +220,10 @@ class _Converter:
         title, gid = _meta(raw)
         inputs = dict(raw.get("inputs") or {})
         node = _Node(node_id, class_type, inputs, title, gid, position, "unsupported")
+        meta = raw.get("_meta")
+        controls = meta.get("control_after_generate") if isinstance(meta, Mapping) else None
+        if isinstance(controls, Mapping):  # written by the UI importer (ui_to_api), not by ComfyUI
+            node.controls = dict(controls)
         if class_type in self.index:
             node.kind, (node.spec, node.comfy) = "comfy", self.index[class_type]
         elif class_type in ALIASES and ALIASES[class_type].target in self.index:
@@ -382,7 +391,23 @@ class _Converter:
         bases = {n.id: node_name_base(n.class_type, n.title, n.graphrun_id) for n in emitted}
         names = _unique_names(order, bases)
         nodes = {names[i]: self.render(self.nodes[i], inputs[i], names) for i in order}
+        for comfy_id in order:
+            self.seed_notes(self.nodes[comfy_id], names[comfy_id], nodes[names[comfy_id]])
         return nodes, names
+
+    def seed_notes(self, node: _Node, name: str, body: Mapping[str, Any]) -> None:
+        """A SeedControl notice for each seed the UI workflow changes after each run (see :mod:`.seeds`)."""
+        from .seeds import seed_note
+        from .widget_values import CONTROL_MODES
+
+        for theirs, control in node.controls.items():
+            mode = control.get("mode") if isinstance(control, Mapping) else None
+            ours = node.comfy.our_name(theirs) if node.comfy is not None else theirs
+            value = body.get(ours)
+            if mode not in CONTROL_MODES or not isinstance(value, int) or isinstance(value, bool):
+                continue  # linked to a computed value, or not a seed graphrun can change
+            group = str(control.get("group") or f"{node.id}.{theirs}")
+            self.notes.append(seed_note(name, ours, mode, group, value, self.file))
 
     def render(self, node: _Node, inputs: dict[str, _Ref | _Const], names: dict[str, str]) -> dict[str, Any]:
         spec = node.spec

@@ -11,6 +11,7 @@ is exactly what ran (the UI workflow would have to be converted, and random choi
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
+from ..limits import MAX_DOCUMENT_BYTES, LimitError, check_value, parse_json
 from .png import is_png_bytes, read_png_chunks
 from .ui_to_api import ComfyDiagnostic, ComfyFormatError, ui_to_api
 from .widgets import SpecLookup
@@ -115,11 +117,15 @@ def load_workflow(source: str | os.PathLike[str] | bytes | Mapping[str, Any]) ->
     Raises ComfyFormatError with a readable reason for anything that is not a ComfyUI workflow.
     """
     if isinstance(source, Mapping):
+        try:  # a hand-made dict may nest deeper than the copies below can recurse, or contain itself
+            check_value(source, text=False)
+        except LimitError as exc:
+            raise _limit_error(exc, "<dict>") from None
         return _from_object(source, "<dict>")
     if isinstance(source, bytes):
         return _from_bytes(source, "<bytes>")
     if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
-        return _from_object(_parse_json(source, "<text>"), "<text>")
+        return _from_object(*_parse_json(source, "<text>"))
     if isinstance(source, (str, os.PathLike)):
         return _from_path(Path(source))
     raise ComfyFormatError(f"cannot load a workflow from {type(source).__name__}; give a path, bytes or a dict")
@@ -127,11 +133,22 @@ def load_workflow(source: str | os.PathLike[str] | bytes | Mapping[str, Any]) ->
 
 def _from_path(path: Path) -> Workflow:
     try:
-        data = path.read_bytes()
+        size = path.stat().st_size
+        data: bytes | None = None
+        with path.open("rb") as handle:
+            # A PNG's image data may be large; JSON text beyond the limit is not read at all.
+            if size <= MAX_DOCUMENT_BYTES or is_png_bytes(handle.read(8)):
+                handle.seek(0)
+                data = handle.read()
     except FileNotFoundError as exc:
         raise ComfyFormatError(f"{path}: file not found") from exc
-    except OSError as exc:
-        raise ComfyFormatError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ComfyFormatError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from exc
+    if data is None:
+        raise ComfyFormatError(
+            f"{path}: the file is {size / 2**20:.0f} MiB; graphrun reads JSON workflows of at most "
+            f"{MAX_DOCUMENT_BYTES // 2**20} MiB"
+        )
     return _from_bytes(data, str(path))
 
 
@@ -144,18 +161,31 @@ def _from_bytes(data: bytes, source: str) -> Workflow:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ComfyFormatError(f"{source}: neither a PNG image nor UTF-8 JSON text") from exc
-    return _from_object(_parse_json(text, source), source)
+    return _from_object(*_parse_json(text, source))
 
 
-def _parse_json(text: str, source: str) -> Any:
+def _parse_json(text: str, source: str) -> tuple[Any, str, tuple[str, ...]]:
+    """(value, source, notes) of JSON text, read within :mod:`graphrun.engine.limits` (nesting, integer size,
+    text); a key given twice in one object is kept as JSON (and ComfyUI) keep it, the last one, with a note."""
     if not text.strip():
         raise ComfyFormatError(f"{source}: the file is empty")
     try:
-        return json.loads(text)
+        value, duplicates = parse_json(text)
     except json.JSONDecodeError as exc:
         raise ComfyFormatError(f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
-    except RecursionError as exc:
-        raise ComfyFormatError(f"{source}: JSON nested too deeply") from exc
+    except LimitError as exc:
+        raise _limit_error(exc, source) from None
+    notes = tuple(
+        f"the key {key!r} appears twice in one object; the last one is used, as ComfyUI does"
+        for key in dict.fromkeys(duplicates)
+    )
+    return value, source, notes[:10]
+
+
+def _limit_error(exc: LimitError, source: str) -> ComfyFormatError:
+    """A document beyond a reading limit, as a GR002 problem of the file."""
+    message = f"{exc.where()}{exc.message}"
+    return ComfyFormatError(f"{source}: {message}", [ComfyDiagnostic("GR002", message)])
 
 
 def _from_png(data: bytes, source: str) -> Workflow:
@@ -184,25 +214,27 @@ def _chunk_document(
     if key not in chunks:
         return None, None
     try:
-        obj = json.loads(chunks[key])
+        obj, _ = parse_json(chunks[key])
         if detect_format(obj, f"{source} '{key}' chunk") != expected:
             return None, f"'{key}' chunk is not in {expected.upper()} format"
-    except (json.JSONDecodeError, RecursionError):
+    except json.JSONDecodeError:
         return None, f"'{key}' chunk is not valid JSON"
+    except LimitError as exc:
+        return None, f"'{key}' chunk: {exc.where()}{exc.message}"
     except ComfyFormatError as exc:
         return None, str(exc)
     return dict(obj), None
 
 
-def _from_object(obj: Any, source: str) -> Workflow:
+def _from_object(obj: Any, source: str, notes: tuple[str, ...] = ()) -> Workflow:
     if isinstance(obj, Mapping) and not is_ui_format(obj) and not is_api_format(obj):
         envelope = _unwrap(obj, source)
         if envelope is not None:
-            return envelope
+            return dataclasses.replace(envelope, notes=envelope.notes + notes)
     kind = detect_format(obj, source)
     if kind == "ui" and not obj["nodes"]:
         raise ComfyFormatError(f"{source}: the workflow has no nodes")
-    return Workflow(kind, copy.deepcopy(dict(obj)), source=source)
+    return Workflow(kind, copy.deepcopy(dict(obj)), source=source, notes=notes)
 
 
 def _unwrap(obj: Mapping[str, Any], source: str) -> Workflow | None:

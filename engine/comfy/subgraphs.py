@@ -31,9 +31,16 @@ class SubgraphExpander(ConverterBase):
             return ctx.children[node.id]
         sub = self.subgraphs[node.type]
         child: Ctx | None = None
-        if sub.id in ctx.chain or len(ctx.chain) >= _MAX_SUBGRAPH_DEPTH:
+        if sub.id in ctx.chain:
             self.report(
                 SUBGRAPH_CYCLE, f"subgraph '{sub.name}' contains itself", "error", node=ctx.api_id(node),
+            )
+        elif len(ctx.chain) >= _MAX_SUBGRAPH_DEPTH:
+            self.report(
+                SUBGRAPH_CYCLE,
+                f"subgraphs nest deeper than {_MAX_SUBGRAPH_DEPTH} levels (subgraph '{sub.name}' here)",
+                "error",
+                node=ctx.api_id(node) if len(ctx.prefix) <= 80 else f"...{ctx.api_id(node)[-40:]}",
             )
         else:
             promoted, overrides = self.promoted_values(ctx, node, sub)

@@ -85,14 +85,17 @@ class Subgraph:
     outputs: list[SubgraphIO]
 
 
+_ID_LIMIT = 2**63  # litegraph's ids are small integers; 1e300 is not an id (and would print 301 digits)
+
+
 def as_id(value: Any) -> str | None:
     """Node and link ids: ints (or integral floats) and non-empty strings, normalised to strings."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return str(value)
+        return str(value) if -_ID_LIMIT < value < _ID_LIMIT else None
     if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+        return str(int(value)) if -_ID_LIMIT < value < _ID_LIMIT else None
     if isinstance(value, str) and value.strip():
         return value.strip()
     return None

@@ -49,9 +49,10 @@ from .value_transforms import (
     format_date,
     strip_prompt_comments,
 )
-from .widget_values import map_widgets_values
+from .widget_values import CONTROL_MODES, map_widgets_values, stored_controls
 from .widgets import (
     BUILTIN_SPECS,
+    CONTROL_AFTER_GENERATE,
     NOTE_TYPES,
     PRIMITIVE_NODE,
     PRIMITIVE_VALUE_TYPES,
@@ -160,7 +161,55 @@ class _Converter(LinkResolver):
                 inputs[name] = _api_value(result.value)
             elif result is Nothing.REMOVED:
                 inputs.pop(name, None)
-        self.prompt[api_id] = {"inputs": inputs, "class_type": node.type, "_meta": {"title": node.title or node.type}}
+        meta: dict[str, Any] = {"title": node.title or node.type}
+        controls = self.seed_controls(ctx, node, spec, dict(resolved))
+        if controls:  # not part of ComfyUI's API format: graphrun's importer reads it (engine/comfy/seeds.py)
+            meta[CONTROL_AFTER_GENERATE] = controls
+        self.prompt[api_id] = {"inputs": inputs, "class_type": node.type, "_meta": meta}
+
+    def seed_controls(
+        self, ctx: Ctx, node: Node, spec: ComfyNodeSpec, resolved: dict[str, Any]
+    ) -> dict[str, dict[str, str]]:
+        """`{widget: {"mode": "randomize", "group": ...}}` for the INT widgets the frontend changes after each run.
+
+        The mode is the widget's own stored `control_after_generate`, or, when a PrimitiveNode or PrimitiveInt
+        feeds the widget (through reroutes), that node's: it then drives every widget it feeds, which share one
+        `group` (the primitive's API id). A value computed by another node has no control.
+        """
+        own = stored_controls(spec, node.values)
+        controls: dict[str, dict[str, str]] = {}
+        for widget in spec.widgets:
+            if not widget.has_int_control:
+                continue
+            result = resolved.get(widget.name, Nothing.UNCONNECTED)
+            if result is Nothing.UNCONNECTED:
+                if widget.name in own:
+                    controls[widget.name] = {"mode": own[widget.name], "group": f"{ctx.api_id(node)}.{widget.name}"}
+                continue
+            source = node.input_named(widget.name)
+            found = self.source_control(ctx, source.link) if isinstance(result, Const) and source else None
+            if found is not None:
+                controls[widget.name] = {"mode": found[0], "group": found[1]}
+        return controls
+
+    def source_control(self, ctx: Ctx, link_id: str | None) -> tuple[str, str] | None:
+        """(mode, API id) of the PrimitiveNode/PrimitiveInt at the start of a link (through reroutes), when its
+        `control_after_generate` changes its value after each run."""
+        for _ in range(1000):  # a reroute chain; cycles are reported by the link resolver
+            link = ctx.level.links.get(link_id) if link_id is not None else None
+            source = ctx.level.nodes.get(link.origin) if link is not None else None
+            if source is None:
+                return None
+            if source.type == REROUTE:
+                link_id = next((i.link for i in source.inputs if i.link is not None), None)
+                continue
+            mode = None
+            if source.type == PRIMITIVE_NODE and isinstance(source.values, list) and len(source.values) > 1:
+                mode = source.values[1]  # widgets_values = [value, control, filter]
+            elif source.type == "PrimitiveInt":
+                mode = stored_controls(BUILTIN_SPECS["PrimitiveInt"], source.values).get("value")
+            return (mode, ctx.api_id(source)) if mode in CONTROL_MODES else None
+        return None
 
     def transform_widget_values(
         self, ctx: Ctx, node: Node, spec: ComfyNodeSpec, values: dict[str, Any], skip: set[str]

@@ -10,9 +10,12 @@ import copy
 from typing import Any, Mapping
 
 from .diagnostics import EXTRA_WIDGET_VALUES, NULL_WIDGET_VALUE, ComfyDiagnostic
-from .widgets import ComfyNodeSpec
+from .widgets import CONTROL_AFTER_GENERATE, ComfyNodeSpec
 
-__all__ = ["map_widgets_values"]
+__all__ = ["map_widgets_values", "stored_controls", "CONTROL_MODES"]
+
+#: The `control_after_generate` modes that change a widget after each run ("fixed" leaves it alone).
+CONTROL_MODES: tuple[str, ...] = ("randomize", "increment", "decrement")
 
 
 def map_widgets_values(
@@ -85,3 +88,26 @@ def _drop_force_input_dummies(spec: ComfyNodeSpec, values: list[Any]) -> list[An
     if len(values) != len(old_layout):
         return values
     return [v for v, dummy in zip(values, old_layout) if not dummy]
+
+
+def stored_controls(spec: ComfyNodeSpec, values: Any) -> dict[str, str]:
+    """The `control_after_generate` mode stored after each INT widget (`seed`: "randomize"), for the modes that
+    change the value after a run (:data:`CONTROL_MODES`); "fixed" and unknown texts are left out.
+
+    Reads the positional `widgets_values` list (the companion right after the widget) and the dict form
+    (`{"seed": 5, "control_after_generate": "randomize"}` when the node has one such widget).
+    """
+    found: dict[str, str] = {}
+    if isinstance(values, list):
+        values = _drop_force_input_dummies(spec, values)
+        layout = spec.widgets_values_layout()
+        for slot, value in zip(layout, values):
+            if not slot.serialized and slot.name == CONTROL_AFTER_GENERATE and slot.widget.kind == "INT":
+                if isinstance(value, str) and value in CONTROL_MODES:
+                    found[slot.widget.name] = value
+    elif isinstance(values, Mapping):
+        controlled = [w.name for w in spec.widgets if w.has_int_control]
+        mode = values.get(CONTROL_AFTER_GENERATE)
+        if len(controlled) == 1 and isinstance(mode, str) and mode in CONTROL_MODES:
+            found[controlled[0]] = mode
+    return found

@@ -5,13 +5,19 @@ own, and for single files the architecture is read from the tensor shapes, start
 model's configuration shipped in ``configs/`` (Z-Image Turbo transformer, Qwen3-4B, Flux VAE).
 
 Only safetensors files are read; pickle-based checkpoints (.ckpt/.pt/.pth/.bin) are refused because
-loading them can run arbitrary code.
+loading them can run arbitrary code. Every file's header is checked first and every weight after
+reading: a damaged file, or NaN/Inf weights, raise :class:`ModelLoadError` naming the file (and tensor).
+
+A single-file Qwen3 text encoder without a tokenizer folder uses the Qwen tokenizer shipped in
+``tokenizer/`` (ComfyUI's own copy; see ``tokenizer/PROVENANCE.md``). Which folder a LoadZImage path
+names (diffusers, ComfyUI models folder, Hugging Face cache) is decided in ``sources.py``.
 
 The device/dtype policy, and the text encoder's float32 compute, live in ``graphrun.nodes.runtime``.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -22,7 +28,20 @@ from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import torch
 
+from ..model_files import ModelFileError, read_safetensors_header, require_finite
 from ..runtime import ensure_fp32_compute, quiet_progress, resolve_device_dtype
+from .sources import (  # torch-free: validation uses the same key tests and tokenizer rules
+    BUNDLED_TOKENIZER_SIZE,
+    TOKENIZER_ENV,
+    encoder_vocab,
+    tokenizer_env_problem,
+)
+from .sources import TEXT_ENCODER_PREFIXES as _TEXT_ENCODER_PREFIXES
+from .sources import TRANSFORMER_PREFIXES as _TRANSFORMER_PREFIXES
+from .sources import VAE_PREFIXES as _VAE_PREFIXES
+from .sources import is_tokenizer_folder as _is_tokenizer_folder
+from .sources import looks_like as _looks_like
+from .sources import strip_prefix as _strip
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, ZImageTransformer2DModel
@@ -31,11 +50,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle")
-TOKENIZER_ENV = "GRAPHRUN_TOKENIZER"
-
-_TRANSFORMER_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
-_VAE_PREFIXES = ("first_stage_model.", "vae.")
-_TEXT_ENCODER_PREFIXES = ("model.",)
 
 _EXPECTED = {
     "transformer": "'cap_embedder.1.weight', 'x_embedder.weight', 'layers.0.attention.qkv.weight' "
@@ -174,56 +188,17 @@ def _check_file(path: str | os.PathLike[str], what: str, example: str) -> Path:
 
 
 def _inspect(path: Path, what: str) -> _FileInfo:
-    from safetensors import safe_open
-
+    """The file's tensor shapes and metadata, from its header alone (see ``read_safetensors_header``)."""
     from ..quantized import logical_shapes
 
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
-            metadata = dict(handle.metadata() or {})
-            # Packed 4-bit weights: the architecture is inferred from the shapes the model sees.
-            shapes = logical_shapes(shapes, {k: handle.get_slice(k).get_dtype() for k in handle.keys()})
-    except Exception as exc:  # safetensors raises its own SafetensorError (an Exception subclass)
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
-            raise ModelLoadError(
-                f"{what} {path} is a pickle/PyTorch checkpoint despite its name: safetensors only. "
-                f"Convert it to a real .safetensors file."
-            ) from exc
-        raise ModelLoadError(
-            f"{what} {path} is not a readable safetensors file (corrupt or truncated download?): {exc}. "
-            f"Download it again."
-        ) from exc
-    if not shapes:
+        header = read_safetensors_header(path)
+    except ModelFileError as exc:
+        raise ModelLoadError(f"{what}: {exc}") from None
+    if not header.shapes:
         raise ModelLoadError(f"{what} {path} contains no tensors; expected {_KIND_NAMES.get(what, what)}.")
-    return _FileInfo(path, shapes, metadata)
-
-
-def _strip(keys: Any, prefixes: tuple[str, ...]) -> str:
-    """The known prefix (e.g. ``model.diffusion_model.``) that most keys of a file carry, or ''."""
-    keys = list(keys)
-    for prefix in prefixes:
-        if keys and sum(k.startswith(prefix) for k in keys) >= max(1, len(keys) // 2):
-            return prefix
-    return ""
-
-
-def _looks_like(kind: str, shapes: dict[str, tuple[int, ...]]) -> bool:
-    keys = set(shapes)
-    if kind == "transformer":
-        p = _strip(keys, _TRANSFORMER_PREFIXES)
-        return f"{p}cap_embedder.1.weight" in keys and (
-            f"{p}layers.0.attention.qkv.weight" in keys or f"{p}layers.0.attention.to_q.weight" in keys
-        )
-    if kind == "text_encoder":
-        p = _strip(keys, _TEXT_ENCODER_PREFIXES)
-        return f"{p}embed_tokens.weight" in keys and f"{p}layers.0.self_attn.q_proj.weight" in keys
-    if kind == "vae":
-        p = _strip(keys, _VAE_PREFIXES)
-        return f"{p}encoder.conv_in.weight" in keys and f"{p}decoder.conv_out.weight" in keys
-    raise ValueError(kind)
+    # Packed 4-bit weights: the architecture is inferred from the shapes the model sees.
+    return _FileInfo(path, logical_shapes(header.shapes, header.dtypes), header.metadata)
 
 
 def _describe(shapes: dict[str, tuple[int, ...]]) -> str:
@@ -256,6 +231,8 @@ def _load_tensors(info: _FileInfo, prefix: str, what: str) -> dict[str, torch.Te
         raise ModelLoadError(
             f"{what} {info.path} could not be read (corrupt or truncated download?): {exc}. Download it again."
         ) from exc
+    # NaN/Inf weights load and run without any error but give black or noise pictures.
+    require_finite(tensors, info.path, what, error=ModelLoadError)
     return {(k[len(prefix):] if prefix and k.startswith(prefix) else k): v for k, v in tensors.items()}
 
 
@@ -542,34 +519,60 @@ def byte_tokenizer() -> Any:
     return build_tokenizer()
 
 
+@functools.lru_cache(maxsize=1)
+def bundled_tokenizer() -> Any:
+    """The Qwen2 BPE tokenizer shipped with graphrun (``graphrun/nodes/zimage/tokenizer/``): the
+    files ComfyUI uses for Z-Image's Qwen3 text encoder (see ``tokenizer/PROVENANCE.md``). Loaded
+    once per process; tokenizing does not change it."""
+    from importlib import resources
+
+    from transformers import AutoTokenizer
+
+    with resources.as_file(resources.files(__package__) / "tokenizer") as folder, _offline():
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def _load_tokenizer_folder(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    with _offline():
+        try:
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"The tokenizer folder {folder} could not be loaded: {exc}") from exc
+
+
 def find_tokenizer(text_encoder_path: str | os.PathLike[str], vocab_size: int,
                    tokenizer: str | os.PathLike[str] | None = None) -> Any:
     """The tokenizer for a single-file text encoder.
 
-    Tiny encoders (vocab <= 512) use the offline byte-level tokenizer. A real Qwen3 needs a Qwen2
-    tokenizer folder: ``tokenizer`` if given, else ``tokenizer/`` next to the file, else
-    ``$GRAPHRUN_TOKENIZER``.
+    Tiny encoders (vocab <= 512) use the offline byte-level tokenizer. A real Qwen3 uses, in order:
+    ``tokenizer`` if given, ``tokenizer/`` next to the file, ``$GRAPHRUN_TOKENIZER``, else the Qwen
+    tokenizer bundled with graphrun (:func:`bundled_tokenizer`, what ComfyUI uses), which fits every
+    encoder with Qwen's vocabulary.
     """
-    from transformers import AutoTokenizer
-
     if tokenizer is None and vocab_size <= 512:
         return byte_tokenizer()
     file = Path(text_encoder_path)
-    candidates = [Path(tokenizer).expanduser()] if tokenizer is not None else [file.parent / "tokenizer"]
-    if tokenizer is None and os.environ.get(TOKENIZER_ENV):
-        candidates.append(Path(os.environ[TOKENIZER_ENV]).expanduser())
-    for folder in candidates:
-        if folder.is_dir() and any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json")):
-            with _offline():
-                try:
-                    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-                except (OSError, ValueError) as exc:
-                    raise ModelLoadError(f"The tokenizer folder {folder} could not be loaded: {exc}") from exc
+    if tokenizer is not None:
+        folder = Path(tokenizer).expanduser()
+        if not _is_tokenizer_folder(folder):
+            raise ModelLoadError(f"The tokenizer folder {folder} needs tokenizer.json, or vocab.json and merges.txt.")
+        return _load_tokenizer_folder(folder)
+    if _is_tokenizer_folder(file.parent / "tokenizer"):
+        return _load_tokenizer_folder(file.parent / "tokenizer")
+    problem = tokenizer_env_problem()
+    if problem:
+        raise ModelLoadError(problem)
+    if os.environ.get(TOKENIZER_ENV):
+        return _load_tokenizer_folder(Path(os.environ[TOKENIZER_ENV]).expanduser())
+    if vocab_size >= BUNDLED_TOKENIZER_SIZE:
+        return bundled_tokenizer()
     raise ModelLoadError(
         f"The text encoder {file} needs its tokenizer (Qwen2Tokenizer: tokenizer.json, or vocab.json + "
-        f"merges.txt). Looked in: {', '.join(str(c) for c in candidates)}. Copy the 'tokenizer' folder of "
-        f"Tongyi-MAI/Z-Image-Turbo (or Qwen/Qwen3-4B) to {file.parent / 'tokenizer'}, or set "
-        f"{TOKENIZER_ENV}=/path/to/that/folder."
+        f"merges.txt): its vocabulary has {vocab_size} tokens, fewer than the {BUNDLED_TOKENIZER_SIZE} of the Qwen "
+        f"tokenizer bundled with graphrun. Looked in: {file.parent / 'tokenizer'}, ${TOKENIZER_ENV} (unset). Put the "
+        f"encoder's 'tokenizer' folder at {file.parent / 'tokenizer'}, or set {TOKENIZER_ENV}=/path/to/that/folder."
     )
 
 
@@ -652,7 +655,9 @@ def load_diffusers_folder(
     """Load a Z-Image diffusers folder (e.g. a local copy of ``Tongyi-MAI/Z-Image-Turbo``).
 
     The folder needs ``model_index.json`` and the ``transformer/``, ``text_encoder/``,
-    ``tokenizer/`` and ``vae/`` subfolders; nothing is fetched from a hub.
+    ``tokenizer/`` and ``vae/`` subfolders; without ``tokenizer/`` the bundled Qwen tokenizer is used
+    for an encoder with Qwen's vocabulary. Nothing is fetched from a hub. Weights are checked: a
+    damaged file or NaN/Inf weights raise :class:`ModelLoadError` naming the file and tensor.
     """
     from diffusers import AutoencoderKL, ZImageTransformer2DModel
     from transformers import AutoTokenizer, Qwen3Model
@@ -668,6 +673,8 @@ def load_diffusers_folder(
             f"{root} is a file, but a diffusers folder was expected ({expected}); single files load with "
             f"load_transformer_file / load_text_encoder_file / load_vae_file.")
     missing = [name for name in ("model_index.json", *_FOLDER_PARTS) if not (root / name).exists()]
+    if missing == ["tokenizer"] and encoder_vocab(root / "text_encoder") >= BUNDLED_TOKENIZER_SIZE:
+        missing = []  # the bundled Qwen tokenizer fits
     if missing:
         raise ModelLoadError(f"{root} is not a complete Z-Image diffusers folder: missing {', '.join(missing)}. "
                              f"Expected {expected}.")
@@ -677,6 +684,11 @@ def load_diffusers_folder(
             raise ModelLoadError(
                 f"{root / sub} holds only pickle weights ({', '.join(pickles)}): safetensors only. "
                 f"Download the .safetensors version of the model.")
+        for file in sorted((root / sub).glob("*.safetensors")):
+            try:
+                read_safetensors_header(file)
+            except ModelFileError as exc:
+                raise ModelLoadError(f"Could not load the {sub} from {root / sub}: {exc}") from None
 
     def attempt(name: str, fn: Any) -> Any:
         try:
@@ -693,8 +705,14 @@ def load_diffusers_folder(
             str(root), subfolder="vae", torch_dtype=dt, local_files_only=True, use_safetensors=True))
         text_encoder = attempt("text_encoder", lambda: Qwen3Model.from_pretrained(
             str(root / "text_encoder"), local_files_only=True, use_safetensors=True, **_hf_dtype_kwargs(dt)))
-        tokenizer = attempt("tokenizer", lambda: AutoTokenizer.from_pretrained(
-            str(root / "tokenizer"), local_files_only=True))
+        if (root / "tokenizer").exists():
+            tokenizer = attempt("tokenizer", lambda: AutoTokenizer.from_pretrained(
+                str(root / "tokenizer"), local_files_only=True))
+        else:
+            tokenizer = bundled_tokenizer()
+    for name, module in (("transformer", transformer), ("text_encoder", text_encoder), ("vae", vae)):
+        # NaN/Inf weights load and run without any error but give black or noise pictures.
+        require_finite(dict(module.named_parameters()), root / name, f"The {name} in", error=ModelLoadError)
     # With offload the weights stay in CPU memory; never stage the whole model on the GPU.
     load_dev = torch.device("cpu") if offload else dev
     for module in (transformer, vae, text_encoder):

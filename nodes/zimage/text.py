@@ -133,10 +133,16 @@ def load_embedding(path: str | os.PathLike[str], hidden_size: int | None = None)
             f"embedding {path.name!r} is not a .safetensors file; graphrun refuses pickle-based "
             "embeddings (.pt/.bin) because loading them can run code. Convert it to safetensors."
         )
+    from ..model_files import ModelFileError, read_safetensors_header, require_finite
+
     try:
+        read_safetensors_header(path)  # says what is wrong with a damaged file, before reading it
         tensors = load_file(str(path), device="cpu")
+    except ModelFileError as err:
+        raise EmbeddingError(f"embedding {path.name!r} is not a valid safetensors file: {err}") from None
     except Exception as err:  # safetensors raises several types for damaged files
         raise EmbeddingError(f"embedding {path.name!r} is not a valid safetensors file: {err}") from err
+    require_finite(tensors, path, "embedding file", error=EmbeddingError)
     if _EMBEDDING_KEY in tensors:
         vectors = tensors[_EMBEDDING_KEY]
     else:

@@ -291,6 +291,9 @@ def cache_root() -> Path:
     return base / "graphrun"
 
 
+_PERMISSIONS_CHECKED: set[Path] = set()
+
+
 def _cached_build(name: str, build: Callable[[Path], Any], marker: str) -> Path:
     """``cache_root()/name``, built by ``build(tmp_dir)`` on first use and reused after.
 
@@ -298,13 +301,22 @@ def _cached_build(name: str, build: Callable[[Path], Any], marker: str) -> Path:
     sees a half-written folder and two processes racing to build both end up with one complete
     folder (the loser discards its copy).
     """
+    from ..model_files import honour_umask
+
     final = cache_root() / name
     if (final / marker).exists():
+        if final not in _PERMISSIONS_CHECKED:
+            # Builds of earlier versions left their weights private (0o600): give them normal modes.
+            _PERMISSIONS_CHECKED.add(final)
+            honour_umask(final, private_only=True)
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
     try:
         build(tmp)
+        # The safetensors writer goes through a private temporary file (mode 0o600); the cached
+        # files get the modes any other file would (0o644 under umask 022).
+        honour_umask(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
