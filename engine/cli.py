@@ -264,6 +264,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"--count {args.count}: give a number of runs, 1 or more")
     if args.count > 1 and args.batch:
         raise CliError("--count repeats a single run; a --batch runs once per row (give one or the other)")
+    for flag, given in (("--redo", args.redo), ("--seed-per-row", args.seed_per_row)):
+        if given and not args.batch:
+            raise CliError(f"{flag} applies to batches only; add --batch ROWS (or drop {flag})")
     registry = _registry(args)
     doc = _load_document(args, registry)
     overrides = _overrides(args)

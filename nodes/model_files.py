@@ -269,9 +269,13 @@ def _tiny_notice(path: Path) -> None:
 
 
 def resolve_model_file(
-    name: str, kind: str, models_dirs: Iterable[str] = (), extra_paths_file: str | None = None
+    name: str, kind: str, models_dirs: Iterable[str] = (), extra_paths_file: str | None = None,
+    *, announce: bool = True,
 ) -> Path:
-    """The path of model file ``name`` of ``kind``; raises ModelFileNotFound listing where it looked."""
+    """The path of model file ``name`` of ``kind``; raises ModelFileNotFound listing where it looked.
+
+    ``announce`` gives the tiny-model notice when the file comes from the tiny model's folder (at load;
+    pre-run checks pass False so that an invalid graph's errors are not preceded by it)."""
     direct = Path(name).expanduser()
     if direct.is_absolute() or direct.exists():
         if direct.exists():
@@ -280,7 +284,8 @@ def resolve_model_file(
     for folder in folders:
         candidate = folder / name
         if candidate.exists():
-            _tiny_notice(candidate)
+            if announce:
+                _tiny_notice(candidate)
             return candidate
     looked = [str(direct)] + [str(f / name) for f in folders]
     hint = (

@@ -100,12 +100,10 @@ def _device_dtype(ctx: Context, override: str | None = None) -> tuple[Any, Any]:
 
 
 def _check_zimage_folder(literals: dict[str, Any], env: CheckEnv) -> list[Problem]:
-    from .model_files import tiny_notice
     from .zimage.sources import source_problem
 
     path = literals.get("path", "tiny")
-    if path == "tiny":
-        tiny_notice()
+    if path == "tiny":  # the tiny-model notice comes when it loads, not from validation
         return []
     problem = source_problem(path)  # the message says what was expected
     return [Problem("path", problem, None)] if problem else []
@@ -134,7 +132,7 @@ def file_check(input_name: str, kind: str, allow_pickle: bool = False):
                             "convert it to .safetensors (pickle files can run arbitrary code)")]
         try:
             path = resolve_model_file(name, kind, env.options.get("models_dirs", []),
-                                      env.options.get("extra_model_paths"))
+                                      env.options.get("extra_model_paths"), announce=False)
         except ModelFileNotFound as exc:
             message, _, looked = str(exc).partition("; looked in")
             return [Problem(input_name, message, ("looked in" + looked) if looked else None)]

@@ -418,3 +418,24 @@ def test_json_progress_has_timestamps_and_a_last_event(tmp_path, capsys):
     assert main([str(tmp_path / "missing.yaml"), "--progress", "json"]) == 2
     last = json.loads([line for line in capsys.readouterr().err.splitlines() if line.startswith("{")][-1])
     assert last["event"] == "failed" and "no such graph file" in last["error"]
+
+
+def test_batch_only_flags_without_a_batch_are_usage_errors(tmp_path, capsys):
+    from graphrun.engine.cli import main
+
+    for flag in (["--redo", "changed"], ["--seed-per-row"]):
+        rc = main(["zimage_turbo", "--out", str(tmp_path / "out"), *flag])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"{flag[0]} applies to batches only" in err
+        assert not (tmp_path / "out").exists()
+
+
+def test_invalid_graph_on_the_tiny_model_prints_only_its_errors(tmp_path, capsys):
+    from graphrun.engine.cli import main
+    from graphrun.nodes import model_files
+
+    model_files._TINY_NOTICE_GIVEN = False  # the notice is once per process: start from a fresh one
+    rc = main(["zimage_turbo", "--set", "steps=0", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error[GR009]" in err
+    assert "tiny random-weight" not in err  # said when the model loads, not before a failed validation
