@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from graphrun.engine.batch import MANIFEST, STAGING, batch
+from graphrun.engine.batch.rowkey import ROW_RECORD as ROW_KEY
 from graphrun.engine.cli import main
 
 from test_batch import PLUGIN, SLOW, TINY, manifest_lines, write_graph, write_jsonl
@@ -60,11 +61,13 @@ def test_200_rows_on_ray_match_a_local_run(tmp_path: Path, local_ray: None) -> N
     assert _comparable(tmp_path / "local") == _comparable(tmp_path / "ray")
 
     def listing(out: Path) -> list[str]:
-        return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != MANIFEST)
+        return sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                      if p.is_file() and p.name not in (MANIFEST, ROW_KEY))
 
     files = listing(tmp_path / "local")
     assert files == listing(tmp_path / "ray")
     assert len(files) == 198 and "named-row/img_00001_.png" in files
+    assert all((tmp_path / "ray" / name).parent.joinpath(ROW_KEY).is_file() for name in files)
     for name in files:
         a = np.asarray(Image.open(tmp_path / "local" / name))
         b = np.asarray(Image.open(tmp_path / "ray" / name))
@@ -88,7 +91,9 @@ def test_cli_ray_with_plugin_nodes_failed_row_and_rerun(tmp_path: Path, local_ra
 
     write_jsonl(rows, [{"n": 1}, {"n": 2}, {"n": 9}, {"n": 3, "id": "three"}])
     assert main(args) == 0
-    assert [(l["id"], l["status"]) for l in manifest_lines(out)][4:] == [("00002", "ok")]
+    # finished rows are skipped (and recorded so); the failed one runs again
+    assert sorted((l["id"], l["status"]) for l in manifest_lines(out)[4:]) == [
+        ("00000", "skipped"), ("00001", "skipped"), ("00002", "ok"), ("three", "skipped")]
     assert (out / "00002" / "result.txt").read_text() == "109"
 
 
@@ -116,7 +121,7 @@ def test_cli_ray_ctrl_c_then_rerun(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = manifest_lines(out)
     assert Counter(l["id"] for l in lines if l["status"] == "ok") == Counter(f"{i:05d}" for i in range(30))
-    assert os.listdir(out / "00000") == ["result.txt"]
+    assert sorted(os.listdir(out / "00000")) == [ROW_KEY, "result.txt"]
 
 
 def test_a_worker_that_cannot_start_aborts_with_the_cause(tmp_path: Path, local_ray: None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -360,11 +361,16 @@ def test_read_only_output_folder_fails_validation(capsys):
     read_only = base / "ro"
     read_only.mkdir(mode=0o555)
     os.chmod(read_only, 0o555)
-    argv = ["run", str(TURBO), "--out", str(read_only / "out")]
+    graph = base / TURBO.name  # readable by the child below even when the checkout is private (mode 0700)
+    shutil.copy(TURBO, graph)
+    os.chmod(graph, 0o644)
+    argv = ["run", str(graph), "--out", str(read_only / "out")]
     try:
         if os.geteuid() != 0:
             code, _, err = run_cli(capsys, *argv)
         else:  # root writes anywhere: check as an ordinary user, in a child that drops root
+            # Import everything the run's validation needs while still root: the child may not read the checkout.
+            assert run_cli(capsys, *argv, "--set", "steps=0")[0] == 2
             code, err = _as_nobody(argv)
     finally:
         os.chmod(read_only, 0o755)
