@@ -527,8 +527,13 @@ def model_from_state_dict(state: dict[str, Any], backend: Backend = "auto") -> U
 
 def load_upscale_model(path: str | Path, backend: Backend = "auto") -> UpscaleModel:
     """Read an upscale model file (see :func:`read_state_dict`) and build it (see :func:`model_from_state_dict`)."""
+    from .model_files import require_finite
+
     try:
-        return model_from_state_dict(read_state_dict(path), backend)
+        state = read_state_dict(path)
+        # NaN/Inf weights upscale to a black or noise picture without any other sign.
+        require_finite(canonical_state_dict(state), path, "upscale model", error=UpscaleModelError)
+        return model_from_state_dict(state, backend)
     except UpscaleModelError as exc:
         raise UpscaleModelError(f"{Path(path).name}: {exc}") from None
 

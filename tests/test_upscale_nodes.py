@@ -249,6 +249,15 @@ def test_pickle_files_load_only_plain_tensors(tiny_x4: Path, tmp_path: Path) -> 
         nets.load_upscale_model(tmp_path / "objects.pth")
 
 
+def test_upscale_model_with_nan_weights_is_refused(tiny_x4: Path, tmp_path: Path) -> None:
+    state = load_file(str(tiny_x4))
+    state["conv_last.weight"] = state["conv_last.weight"].clone()
+    state["conv_last.weight"].view(-1)[3] = float("nan")
+    save_file(state, str(tmp_path / "nan_x4.safetensors"))
+    with pytest.raises(nets.UpscaleModelError, match=r"nan_x4.safetensors.*NaN/Inf weights: tensor 'conv_last.weight'"):
+        nets.load_upscale_model(tmp_path / "nan_x4.safetensors")
+
+
 def test_unsupported_files_say_what_to_do(tmp_path: Path) -> None:
     save_file({"layers.0.attn.qkv.weight": torch.zeros(3, 3)}, str(tmp_path / "swin.safetensors"))
     with pytest.raises(nets.UpscaleModelError, match="spandrel"):
