@@ -7,9 +7,35 @@ from typing import Annotated
 from pydantic import Field
 
 from graphrun.engine.context import Context
-from graphrun.engine.node import Comfy, node
+from graphrun.engine.node import CheckEnv, Comfy, Problem, node
 
 from .types import Clip, Conditioning
+
+
+def _check_embeddings(literals: dict, env: CheckEnv) -> list[Problem]:
+    """A damaged or pickle embedding file an `embedding:NAME` word names, from its header (a missing one
+    is not a problem: the encoder drops it with a warning, as ComfyUI does)."""
+    text = literals.get("text")
+    if not isinstance(text, str):
+        return []
+    from .zimage.text import EMBEDDING_PREFIX
+
+    if EMBEDDING_PREFIX not in text:
+        return []
+    from .model_files import ModelPathsError, model_file_problem, search_folders
+    from .zimage.text import embedding_files
+
+    try:
+        folders = search_folders("embeddings", env.options.get("models_dirs", []),
+                                 env.options.get("extra_model_paths"))
+    except ModelPathsError as exc:
+        return [Problem("text", str(exc), None)]
+    problems = []
+    for name, path in embedding_files(text, folders):
+        problem = model_file_problem(path)
+        if problem:
+            problems.append(Problem("text", f"embedding '{name}' cannot be loaded: {problem}", None))
+    return problems
 
 
 @node(
@@ -17,6 +43,7 @@ from .types import Clip, Conditioning
     category="conditioning",
     comfy=Comfy("CLIPTextEncode", dynamic_prompts=("text",)),
     version=2,  # 2: embedding: words, ComfyUI's escapes, the clip's LoRAs
+    check=_check_embeddings,
 )
 def text_encode(ctx: Context, clip: Clip, text: Annotated[str, Field(description="the prompt")] = "") -> Conditioning:
     """Encode a prompt for Z-Image (ComfyUI CLIPTextEncode with the lumina2/Z-Image encoder).

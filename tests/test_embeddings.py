@@ -172,3 +172,21 @@ def test_text_encode_finds_embeddings_in_the_models_dir(parts, tmp_path):
     _save(models / "embeddings" / "big.safetensors", {"emb": torch.ones(1, 2560)})
     with pytest.raises(NodeFailed, match="hidden size is 32"):
         graphrun.load(_graph("a embedding:big in snow"), runner=runner).run()
+
+
+def test_damaged_embedding_is_a_validation_error_naming_node_and_file(tmp_path, capsys):
+    from graphrun.engine.cli import main
+
+    models = tmp_path / "models"
+    (models / "embeddings").mkdir(parents=True)
+    (models / "embeddings" / "style.safetensors").write_bytes(b"\x80\x04garbage")  # a pickle renamed
+    (models / "embeddings" / "good.safetensors").write_bytes(b"")  # empty: an interrupted download
+    out = tmp_path / "out"
+    rc = main(["validate", "zimage_turbo", "--models-dir", str(models),
+               "--set", "prompt=a embedding:style, photo of embedding:good and embedding:missing"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "node 'positive' input 'text': embedding 'style' cannot be loaded" in err and "style.safetensors" in err
+    assert "embedding 'good' cannot be loaded" in err and "empty" in err
+    assert "missing" not in err.split("embedding 'good'")[0]  # a missing embedding is dropped at run time, not an error
+    assert not out.exists()

@@ -164,9 +164,8 @@ def load_embedding(path: str | os.PathLike[str], hidden_size: int | None = None)
     return vectors.to(torch.float32)
 
 
-def _lookup(name_and_rest: str, folders: Sequence[str | os.PathLike[str]], hidden_size: int | None
-            ) -> tuple[str, torch.Tensor | None, str]:
-    """``(name, vectors or None, leftover text)`` for the text after ``embedding:`` (ComfyUI's rules)."""
+def _find(name_and_rest: str, folders: Sequence[str | os.PathLike[str]]) -> tuple[str, Path | None, str]:
+    """``(name, file or None, leftover text)`` for the text after ``embedding:`` (ComfyUI's rules)."""
     words = name_and_rest.split()
     if not words:
         return "", None, ""
@@ -178,7 +177,26 @@ def _lookup(name_and_rest: str, folders: Sequence[str | os.PathLike[str]], hidde
             path = find_embedding(stripped, folders)
             leftover = f"{name[len(stripped):]} {leftover}"
             name = stripped
+    return name, path, leftover
+
+
+def _lookup(name_and_rest: str, folders: Sequence[str | os.PathLike[str]], hidden_size: int | None
+            ) -> tuple[str, torch.Tensor | None, str]:
+    """``(name, vectors or None, leftover text)`` for the text after ``embedding:``."""
+    name, path, leftover = _find(name_and_rest, folders)
     return name, (None if path is None else load_embedding(path, hidden_size)), leftover
+
+
+def embedding_files(text: str, folders: Sequence[str | os.PathLike[str]]) -> list[tuple[str, Path]]:
+    """The embedding files a prompt's ``embedding:NAME`` words refer to, as ``(name, file)``, found by the
+    rules the encoder uses (for pre-run checks: missing ones are dropped by the encoder, not listed)."""
+    pieces = _EMBEDDING_CUT.split(format_prompt(text))
+    found = []
+    for piece in pieces[1:]:  # pieces[0] is the template's start, never an embedding word
+        name, path, _ = _find(piece.strip("\n"), folders)
+        if path is not None:
+            found.append((name, path))
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
