@@ -18,9 +18,7 @@ def _check_embeddings(literals: dict, env: CheckEnv) -> list[Problem]:
     text = literals.get("text")
     if not isinstance(text, str):
         return []
-    from .zimage.text import EMBEDDING_PREFIX
-
-    if EMBEDDING_PREFIX not in text:
+    if "embedding:" not in text:  # zimage.text's EMBEDDING_PREFIX; importing it here would import torch
         return []
     from .model_files import ModelPathsError, model_file_problem, search_folders
     from .zimage.text import embedding_files
