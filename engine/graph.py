@@ -232,7 +232,8 @@ class Document:
         return self.source.file
 
 
-def _infer_type(value: Any) -> str | None:
+def infer_type(value: Any) -> str | None:
+    """The param type a literal implies (BOOLEAN, INT, FLOAT, STRING), or None for anything else."""
     if isinstance(value, bool):
         return "BOOLEAN"
     if isinstance(value, int):
@@ -303,7 +304,7 @@ def _parse_params(raw: Any, source: SourceMap, problems: list[Diagnostic]) -> di
             problems.append(Diagnostic("GR015", f"param name {name!r} is not an identifier", **loc))
             continue
         if not isinstance(decl, dict):  # shorthand: `seed: 42`
-            type_name = _infer_type(decl)
+            type_name = infer_type(decl)
             if type_name is None:
                 problems.append(
                     Diagnostic(
@@ -327,7 +328,7 @@ def _parse_params(raw: Any, source: SourceMap, problems: list[Diagnostic]) -> di
                     **loc,
                 )
             )
-        type_name = decl.get("type", _infer_type(decl.get("default")))
+        type_name = decl.get("type", infer_type(decl.get("default")))
         if type_name not in PARAM_TYPES:
             problems.append(
                 Diagnostic(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Mapping
 
+from ..graph import infer_type
 from ..node import REQUIRED, Registry
 from .specs import comfy_inputs, comfy_node_spec, shim_spec
 from .value_transforms import SAVE_NODE_TYPES, apply_text_replacements, expand_dynamic_prompt
@@ -50,16 +51,6 @@ class _Shape:
     widgets: tuple[WidgetSlot, ...]
     outputs: tuple[str, ...]  # output types in slot order
     spec: ComfyNodeSpec | None = None
-
-
-def _kind_of(value: Any) -> str:
-    if isinstance(value, bool):
-        return "BOOLEAN"
-    if isinstance(value, int):
-        return "INT"
-    if isinstance(value, float):
-        return "FLOAT"
-    return "STRING"
 
 
 class _Shapes:
@@ -114,7 +105,7 @@ def _guessed_shape(node: Mapping[str, Any]) -> _Shape:
     """A class_type nobody declares: linked inputs become sockets, literals widgets in the order given."""
     inputs = node.get("inputs") or {}
     sockets = tuple((name, "*") for name, value in inputs.items() if _is_link(value))
-    widgets = tuple(WidgetSlot(name, _kind_of(_unwrap(value)), None)
+    widgets = tuple(WidgetSlot(name, infer_type(_unwrap(value)) or "STRING", None)
                     for name, value in inputs.items() if not _is_link(value))
     return _Shape(sockets, widgets, ())
 
