@@ -26,7 +26,7 @@ from .diagnostics import Diagnostic, GraphError, dumps
 from .node import InputSpec, NodeSpec, Registry, RegistryError, make_registry
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
-VERBS = ("run", "validate", "params", "graphs", "nodes", "schema", "show", "convert", "export")
+VERBS = ("run", "validate", "params", "graphs", "nodes", "schema", "show", "convert", "export", "serve")
 GLOBAL_FLAGS = ("--debug",)  # options of every verb that may come before it
 GLOBAL_VALUE_OPTIONS = ("--plugin",)
 
@@ -46,6 +46,7 @@ verbs:
   show GRAPH       the graph as Mermaid or DOT
   convert WORKFLOW a ComfyUI workflow as graphrun YAML
   export GRAPH     a graph as ComfyUI JSON
+  serve            ComfyUI's HTTP/WebSocket API (and web editor) on graphrun
 
 example:
   graphrun zimage_3stage --set prompt="a lighthouse at dusk" --set seed=7 --out out/
@@ -167,6 +168,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT.json", help="write here (default: stdout); never overwrites")
     p.add_argument("--format", choices=["api", "ui"], default="api",
                    help="api: the prompt ComfyUI runs (default); ui: a workflow ComfyUI opens in its editor")
+    _add_common(p)
+
+    p = sub.add_parser(
+        "serve", help="serve ComfyUI's HTTP/WebSocket API (and its web editor) on graphrun's engine",
+        description="Serve ComfyUI's API: POST /prompt, /ws, /history, /view, /object_info, ... Clients written for "
+        "ComfyUI work unchanged. Binds to 127.0.0.1 unless --listen is given.",
+    )
+    p.add_argument("--host", default=None, metavar="ADDRESS", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8188, help="port (default 8188, as ComfyUI; 0 picks a free one)")
+    p.add_argument(
+        "--listen", nargs="?", const="0.0.0.0", metavar="ADDRESS",
+        help="accept connections from other machines (default address 0.0.0.0); pair it with --token",
+    )
+    p.add_argument("--token", metavar="TOKEN",
+                   help="require 'Authorization: Bearer TOKEN' on every request (default: $GRAPHRUN_SERVE_TOKEN)")
+    p.add_argument(
+        "--models-dir", action="append", default=[], metavar="DIR",
+        help="ComfyUI-style models folder (diffusion_models/, text_encoders/, vae/, loras/); 'tiny' = the tiny model",
+    )
+    p.add_argument("--extra-model-paths", metavar="YAML", help="ComfyUI extra_model_paths.yaml")
+    p.add_argument("--out", default="output", metavar="DIR", help="output folder (default: ./output)")
+    p.add_argument("--input-dir", default="input", metavar="DIR", help="input folder for uploads (default: ./input)")
+    p.add_argument("--user-dir", default="user", metavar="DIR", help="what the web editor saves (default: ./user)")
+    p.add_argument("--device", help="cuda, cuda:1, cpu, mps (default: CUDA when available)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="model dtype (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--comfy", metavar="VERSION", help="ComfyUI version whose behaviour to follow (default 0.18.1)")
+    p.add_argument("--max-queue", type=int, default=100, metavar="N", help="pending prompts accepted (default 100)")
+    p.add_argument("--max-upload-mb", type=float, default=100, metavar="MB",
+                   help="largest request body or upload (default 100 MB, as ComfyUI)")
+    p.add_argument("--no-editor", action="store_true", help="do not serve ComfyUI's web editor at /")
     _add_common(p)
 
     p = sub.add_parser("show", help="print the graph as Mermaid or DOT")
@@ -564,6 +595,51 @@ def cmd_graphs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`graphrun serve`: ComfyUI's API on graphrun (see graphrun.engine.serve)."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("aiohttp") is None:
+        raise CliError("graphrun serve needs aiohttp: pip install 'graphrun[serve]' (or 'graphrun[ui]' for the editor)")
+    from graphrun.nodes.model_files import ModelPathsError, check_model_paths
+
+    from .serve import ServerConfig
+    from .serve.run import LOOPBACK, serve
+
+    if args.host and args.listen:
+        raise CliError("give --host ADDRESS or --listen [ADDRESS], not both")
+    host = args.listen or args.host or "127.0.0.1"
+    if args.host and host not in LOOPBACK:
+        raise CliError(f"--host {host} accepts connections from other machines; say so with --listen {host}")
+    if not 0 <= args.port <= 65535:
+        raise CliError(f"--port {args.port}: give a port from 0 to 65535")
+    if args.max_queue < 1:
+        raise CliError(f"--max-queue {args.max_queue}: give 1 or more")
+    if args.max_upload_mb <= 0:
+        raise CliError(f"--max-upload-mb {args.max_upload_mb}: give a size above 0")
+    try:
+        check_model_paths(list(args.models_dir), args.extra_model_paths)
+    except ModelPathsError as exc:
+        raise CliError(str(exc)) from None
+    _check_device(args.device)
+    for flag, folder in (("--out", args.out), ("--input-dir", args.input_dir), ("--user-dir", args.user_dir)):
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise CliError(f"{flag} {folder}: is a file, not a folder")
+    config = ServerConfig(
+        host=host, port=args.port, out_dir=Path(args.out), input_dir=Path(args.input_dir),
+        user_dir=Path(args.user_dir), models_dirs=list(args.models_dir), extra_model_paths=args.extra_model_paths,
+        plugins=list(args.plugin or []), device=args.device, dtype=args.dtype, comfy=_check_comfy(args.comfy),
+        token=args.token or os.environ.get("GRAPHRUN_SERVE_TOKEN") or None, max_queue=args.max_queue,
+        max_body_bytes=int(args.max_upload_mb * 1024 * 1024), editor=not args.no_editor,
+    )
+    try:
+        serve(config, _registry(args))
+    except OSError as exc:  # the port is taken, the address is not this machine's
+        raise CliError(f"cannot listen on {host}:{args.port}: {exc.strerror or exc}") from None
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "validate": cmd_validate,
@@ -574,6 +650,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "show": cmd_show,
     "convert": cmd_convert,
     "export": cmd_export,
+    "serve": cmd_serve,
 }
 
 

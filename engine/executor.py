@@ -95,20 +95,25 @@ class RunResult:
     @property
     def files(self) -> list[Path]:
         """Every file path returned by output nodes (SaveImage and the like), in order."""
-        found: list[Path] = []
+        return returned_paths(list(self.outputs.values()))
 
-        def walk(value: Any) -> None:
-            if isinstance(value, Path):
-                found.append(value)
-            elif isinstance(value, (list, tuple)):
-                for v in value:
-                    walk(v)
-            elif isinstance(value, dict):
-                for v in value.values():
-                    walk(v)
 
-        walk(list(self.outputs.values()))
-        return found
+def returned_paths(value: Any) -> list[Path]:
+    """The file paths in a node's return value (nested lists, tuples and dicts walked), in order."""
+    found: list[Path] = []
+
+    def walk(item: Any) -> None:
+        if isinstance(item, Path):
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            for v in item:
+                walk(v)
+        elif isinstance(item, dict):
+            for v in item.values():
+                walk(v)
+
+    walk(value)
+    return found
 
 
 class Runner:
@@ -149,6 +154,20 @@ class Runner:
                 old = self._kept.pop(0)
                 if old in self.cache:
                     self.cache._drop(old)
+
+    def cached_nodes(self, graph: BoundGraph) -> list[str]:
+        """The planned nodes whose results are cached now, so that a run would not execute them (in plan
+        order). Keys are computed as :meth:`run` does; a non-cacheable node and what follows it never are."""
+        plan = make_plan(graph)
+        behaviour = f"comfy={effective_comfy_version(self.options, graph)}"
+        keys: dict[str, str] = {}
+        cached = []
+        for node_id in plan.order:
+            node = graph.nodes[node_id]
+            keys[node_id] = cache_key(node, keys, behaviour if node.spec.cacheable else f"{behaviour}|not cached")
+            if node.spec.cacheable and keys[node_id] in self.cache:
+                cached.append(node_id)
+        return cached
 
     def run(self, graph: BoundGraph, reporter: Reporter | None = None) -> RunResult:
         """Execute the nodes that feed output nodes. Raises NodeFailed or Interrupted."""
@@ -240,7 +259,9 @@ class Runner:
         seconds = time.perf_counter() - started
         result.executed.append(node.id)
         result.seconds[node.id] = seconds
-        report(Event("end", node.id, spec.name, index, total, seconds=seconds))
+        # An output node's end event names the files it wrote (servers report them as they appear).
+        info = {"files": [str(p) for p in returned_paths(returned)]} if spec.output else {}
+        report(Event("end", node.id, spec.name, index, total, seconds=seconds, info=info))
         if spec.output:
             result.outputs[node.id] = returned
         if len(spec.outputs) == 0:

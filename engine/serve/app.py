@@ -1,0 +1,576 @@
+"""``graphrun serve``: ComfyUI's HTTP and WebSocket API on graphrun's engine.
+
+A client written for ComfyUI (``POST /prompt``, progress on ``/ws``, results from ``/history`` and
+``/view``) talks to this server unchanged; every route answers both bare and under ``/api/``, in the
+request and response shapes of ComfyUI v0.18.1 (``server.py`` and ``execution.py`` there define them; this
+is graphrun's own code). aiohttp, as ComfyUI uses: its WebSocket support, multipart uploads and body-size
+limit are what the API needs, in one well-kept package.
+
+Safety: the server binds to 127.0.0.1 unless told otherwise; with ``token`` set, every route and the
+WebSocket want ``Authorization: Bearer TOKEN`` (or ``?token=TOKEN``, which also sets a cookie, for
+browsers); a request whose ``Origin`` is another site is refused (a web page must not queue prompts on a
+local server); request bodies are limited; files are read and written only inside the server's folders
+(:mod:`.files`); the queue is bounded; a malformed request is a 400, never a crash.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import mimetypes
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from ..context import RunOptions
+from ..executor import Runner
+from ..node import CheckEnv, Registry, make_registry
+from .config import ServerConfig
+from .events import EventHub
+from .files import UnsafePath, list_files, safe_path, split_annotation
+from .jobs import Job, PromptQueue, QueueFull
+from .prompts import Folders, PromptRejected, prepare
+from .worker import Worker
+
+log = logging.getLogger("graphrun.serve")
+
+COMFY_VERSION = "0.18.1"  # the ComfyUI whose API (and images) this server follows
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+_SENSITIVE_EXTRA_DATA = ("auth_token_comfy_org", "api_key_comfy_org")  # never stored in queue or history
+_TOKEN_COOKIE = "graphrun_token"
+_NO_DISPLAY = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
+
+SERVER_KEY: "web.AppKey[Server]" = web.AppKey("graphrun", object)  # type: ignore[arg-type]
+PUBLISHER_KEY: "web.AppKey[asyncio.Task]" = web.AppKey("graphrun_publisher", asyncio.Task)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json_error(status: int, kind: str, message: str, details: str = "") -> web.Response:
+    body = {"error": {"type": kind, "message": message, "details": details, "extra_info": {}}, "node_errors": {}}
+    return web.json_response(body, status=status)
+
+
+class Server:
+    """The server's state: queue, history, WebSocket clients, the worker and its runner."""
+
+    def __init__(self, config: ServerConfig, registry: Registry | None = None) -> None:
+        self.config = config
+        self.registry = registry or make_registry(list(config.plugins))
+        self.hub = EventHub()
+        self.queue = PromptQueue(config.max_queue, config.max_history, on_change=self._queue_changed)
+        extra = {"models_dirs": list(config.models_dirs), "extra_model_paths": config.extra_model_paths,
+                 "input_dirs": [str(config.input_dir)]}
+        self.options = RunOptions(device=config.device, dtype=config.dtype, comfy=config.comfy,
+                                  output_dir=config.out_dir, extra=extra)
+        self.runner = Runner(self.options)
+        self.worker = Worker(self.queue, self.hub, self.runner, config.out_dir, config.temp_dir)
+        self.folders = Folders(config.input_dir, config.out_dir, config.temp_dir)
+        self.number = 0
+        self._number_lock = threading.Lock()
+
+    # --- helpers
+
+    def queue_info(self) -> dict[str, Any]:
+        return {"exec_info": {"queue_remaining": self.queue.remaining()}}
+
+    def _queue_changed(self) -> None:
+        self.hub.publish("status", {"status": self.queue_info()})
+
+    def check_env(self) -> CheckEnv:
+        return CheckEnv(graph_dir=None, options={**self.options.extra, "output_dir": str(self.config.out_dir)})
+
+    def folder_files(self, folder: str) -> list[str] | None:
+        """File names of a ComfyUI folder (``/models/{folder}``, object_info combos); None if unknown."""
+        if folder == "input":
+            return list_files(self.config.input_dir, IMAGE_SUFFIXES)
+        from graphrun.nodes.model_files import KIND_FOLDERS, list_model_files
+
+        if folder not in KIND_FOLDERS:
+            return None
+        return list_model_files(folder, self.config.models_dirs, self.config.extra_model_paths)
+
+
+# --- middlewares -----------------------------------------------------------------------------------------------------
+
+
+def _token_middleware(token: str) -> Any:
+    expected = token.encode()
+
+    @web.middleware
+    async def check_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = ""
+        header = request.headers.get("Authorization", "")
+        if header.lower().startswith("bearer "):
+            given = header[7:].strip()
+        given = given or request.query.get("token", "") or request.cookies.get(_TOKEN_COOKIE, "")
+        if not hmac.compare_digest(given.encode(), expected):
+            return web.json_response({"error": {"type": "unauthorized", "message": "missing or wrong token",
+                                                "details": "send 'Authorization: Bearer TOKEN' (or ?token=TOKEN)",
+                                                "extra_info": {}}}, status=401)
+        response = await handler(request)
+        if request.query.get("token") and request.cookies.get(_TOKEN_COOKIE) != token:
+            response.set_cookie(_TOKEN_COOKIE, token, httponly=True, samesite="Strict")
+        return response
+
+    return check_token
+
+
+@web.middleware
+async def _same_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse requests a browser sends from another site (ComfyUI's origin check): a page on the web must
+    not queue prompts or read images on this server."""
+    origin = request.headers.get("Origin")
+    if origin and origin != "null":
+        parts = urlsplit(origin)
+        host = request.headers.get("Host", "")
+        if parts.netloc.lower() != host.lower():
+            return web.json_response({"error": {"type": "forbidden", "message": f"origin {origin} is not {host}",
+                                                "details": "", "extra_info": {}}}, status=403)
+    return await handler(request)
+
+
+@web.middleware
+async def _never_crash(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bad request bodies are 400s and bugs are 500s with a JSON body; the server keeps running."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except json.JSONDecodeError as exc:
+        return _json_error(400, "invalid_json", "Request body is not valid JSON", str(exc))
+    except BadBody as exc:
+        return _json_error(400, "invalid_json", "Request body is not valid JSON", str(exc))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        log.exception("%s %s failed", request.method, request.path)
+        return _json_error(500, "internal_error", f"internal error: {type(exc).__name__}: {exc}")
+
+
+# --- routes ----------------------------------------------------------------------------------------------------------
+
+
+class BadBody(Exception):
+    """A request body that is not the JSON a route takes (HTTP 400)."""
+
+
+async def _json_body(request: web.Request) -> Any:
+    """The JSON body within graphrun's document limits (depth, numbers); ``{}`` when empty."""
+    from ..limits import LimitError, parse_json
+
+    raw = await request.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadBody(f"the body is not UTF-8 text: {exc}") from None
+    if not text.strip():
+        return {}
+    try:
+        return parse_json(text)[0]
+    except LimitError as exc:
+        raise BadBody(str(exc)) from None
+
+
+def _routes(server: Server) -> web.RouteTableDef:
+    routes = web.RouteTableDef()
+    config = server.config
+
+    @routes.get("/ws")
+    async def websocket(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=1024 * 1024)
+        await ws.prepare(request)
+        sid = request.query.get("clientId") or uuid.uuid4().hex
+        server.hub.add(sid, ws)
+        try:
+            await server.hub.send("status", {"status": server.queue_info(), "sid": sid}, sid)
+            running = server.worker.current
+            if running is not None and running.extra_data.get("client_id") == sid and server.worker.current_node:
+                await server.hub.send("executing", {"node": server.worker.current_node,
+                                                    "display_node": server.worker.current_node,
+                                                    "prompt_id": running.prompt_id}, sid)
+            first = True
+            async for msg in ws:
+                if msg.type.name != "TEXT":
+                    continue
+                try:
+                    data = json.loads(msg.data)
+                except ValueError:
+                    continue
+                if first and isinstance(data, dict) and data.get("type") == "feature_flags":
+                    flags = data.get("data")
+                    server.hub.features[sid] = flags if isinstance(flags, dict) else {}
+                    await server.hub.send("feature_flags", _features(config), sid)
+                first = False
+        finally:
+            server.hub.remove(sid, ws)
+        return ws
+
+    @routes.get("/embeddings")
+    async def embeddings(request: web.Request) -> web.Response:
+        names = server.folder_files("embeddings") or []
+        return web.json_response([os.path.splitext(n)[0] for n in names])
+
+    @routes.get("/models")
+    async def model_types(request: web.Request) -> web.Response:
+        from graphrun.nodes.model_files import KIND_FOLDERS
+
+        return web.json_response(list(KIND_FOLDERS))
+
+    @routes.get("/models/{folder}")
+    async def models(request: web.Request) -> web.Response:
+        files = server.folder_files(request.match_info["folder"])
+        if files is None:
+            return web.Response(status=404)
+        return web.json_response(files)
+
+    @routes.post("/upload/image")
+    async def upload_image(request: web.Request) -> web.Response:
+        post = await request.post()
+        image = post.get("image")
+        if not isinstance(image, web.FileField) or not image.filename:
+            return _json_error(400, "invalid_upload", "no image file in the form field 'image'")
+        kind = str(post.get("type") or "input")
+        if kind not in ("input", "output", "temp"):
+            return _json_error(400, "invalid_upload", f"type {kind!r} is not input, output or temp")
+        subfolder = str(post.get("subfolder") or "")
+        overwrite = str(post.get("overwrite") or "").lower() in ("true", "1")
+        base = server.folders.of(kind)
+        data = image.file.read()
+        try:
+            name = _store_upload(base, subfolder, os.path.basename(image.filename), data, overwrite)
+        except UnsafePath as exc:
+            return _json_error(exc.status, "invalid_path", str(exc))
+        return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
+
+    @routes.get("/view")
+    async def view(request: web.Request) -> web.StreamResponse:
+        query = request.query
+        if "filename" not in query:
+            return web.Response(status=404)
+        filename, kind = split_annotation(query["filename"])
+        kind = kind or query.get("type", "output")
+        if kind not in ("input", "output", "temp"):
+            return _json_error(400, "invalid_path", f"type {kind!r} is not input, output or temp")
+        try:
+            path = safe_path(server.folders.of(kind), query.get("subfolder", ""), filename)
+        except UnsafePath as exc:
+            return _json_error(exc.status, "invalid_path", str(exc))
+        if not path.is_file():
+            return web.Response(status=404)
+        return await asyncio.get_running_loop().run_in_executor(None, _view_response, path, query)
+
+    @routes.get("/system_stats")
+    async def system_stats(request: web.Request) -> web.Response:
+        return web.json_response(await asyncio.get_running_loop().run_in_executor(None, _system_stats))
+
+    @routes.get("/features")
+    async def features(request: web.Request) -> web.Response:
+        return web.json_response(_features(config))
+
+    @routes.get("/prompt")
+    async def get_prompt(request: web.Request) -> web.Response:
+        return web.json_response(server.queue_info())
+
+    @routes.get("/object_info")
+    async def object_info(request: web.Request) -> web.Response:
+        from .object_info import object_info as build
+
+        info = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: build(server.registry, lambda folder: server.folder_files(folder) or []))
+        return web.json_response(info)
+
+    @routes.get("/object_info/{node_class}")
+    async def object_info_node(request: web.Request) -> web.Response:
+        from .object_info import node_info
+
+        class_type = request.match_info["node_class"]
+        info = node_info(server.registry, class_type, lambda folder: server.folder_files(folder) or [])
+        return web.json_response({class_type: info} if info is not None else {})
+
+    @routes.get("/history")
+    async def history(request: web.Request) -> web.Response:
+        try:
+            max_items = int(request.query["max_items"]) if "max_items" in request.query else None
+            offset = int(request.query.get("offset", -1))
+        except ValueError:
+            return _json_error(400, "invalid_query", "max_items and offset must be whole numbers")
+        return web.json_response(server.queue.history(max_items=max_items, offset=offset))
+
+    @routes.get("/history/{prompt_id}")
+    async def history_one(request: web.Request) -> web.Response:
+        return web.json_response(server.queue.history(prompt_id=request.match_info["prompt_id"]))
+
+    @routes.get("/queue")
+    async def get_queue(request: web.Request) -> web.Response:
+        running, pending = server.queue.snapshot()
+        return web.json_response({"queue_running": running, "queue_pending": pending})
+
+    @routes.post("/prompt")
+    async def post_prompt(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            return _json_error(400, "invalid_prompt", "Invalid prompt", "the body must be a JSON object")
+        if "prompt" not in body:
+            return _json_error(400, "no_prompt", "No prompt provided", "No prompt provided")
+        with server._number_lock:
+            if "number" in body:
+                try:
+                    number = float(body["number"])
+                except (TypeError, ValueError):
+                    return _json_error(400, "invalid_prompt", "Invalid prompt", "'number' must be a number")
+            else:
+                number = -server.number if body.get("front") else server.number
+                server.number += 1
+        prompt_id = str(body.get("prompt_id") or uuid.uuid4())
+        targets = body.get("partial_execution_targets")
+        if targets is not None and not isinstance(targets, list):
+            return _json_error(400, "invalid_prompt", "Invalid prompt", "partial_execution_targets must be a list")
+        extra_data = body.get("extra_data") if isinstance(body.get("extra_data"), dict) else {}
+        extra_data = {k: v for k, v in extra_data.items() if k not in _SENSITIVE_EXTRA_DATA}
+        if "client_id" in body:
+            extra_data["client_id"] = body["client_id"]
+        prompt = body["prompt"]
+        try:
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                None, prepare, prompt, server.registry, server.check_env(), server.folders, targets)
+        except PromptRejected as exc:
+            log.warning("invalid prompt: %s", exc.body["error"]["message"])
+            return web.json_response(exc.body, status=400)
+        extra_data["create_time"] = int(time.time() * 1000)
+        job = Job(number, prompt_id, prompt, extra_data, prepared.outputs, prepared.graph, prepared.names)
+        try:
+            server.queue.put(job)
+        except QueueFull as exc:
+            return _json_error(503, "queue_full", "The queue is full", f"{exc}; wait for prompts to finish")
+        return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+
+    @routes.post("/queue")
+    async def post_queue(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            return _json_error(400, "invalid_request", "the body must be a JSON object")
+        if body.get("clear"):
+            server.queue.clear()
+        for prompt_id in body.get("delete") or []:
+            server.queue.delete(str(prompt_id))
+        return web.Response(status=200)
+
+    @routes.post("/interrupt")
+    async def interrupt(request: web.Request) -> web.Response:
+        try:
+            body = await _json_body(request)
+        except (json.JSONDecodeError, BadBody):
+            body = {}
+        prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+        server.worker.interrupt(str(prompt_id) if prompt_id else None)
+        return web.Response(status=200)
+
+    @routes.post("/free")
+    async def free(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if isinstance(body, dict) and (body.get("unload_models") or body.get("free_memory")):
+            server.runner.cache.clear()
+        return web.Response(status=200)
+
+    @routes.post("/history")
+    async def post_history(request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            return _json_error(400, "invalid_request", "the body must be a JSON object")
+        if body.get("clear"):
+            server.queue.clear_history()
+        for prompt_id in body.get("delete") or []:
+            server.queue.delete_history(str(prompt_id))
+        return web.Response(status=200)
+
+    return routes
+
+
+def _features(config: ServerConfig) -> dict[str, Any]:
+    return {"supports_preview_metadata": False, "max_upload_size": config.max_body_bytes,
+            "extension": {"manager": {"supports_v4": False}}, "node_replacements": False, "assets": False}
+
+
+def _store_upload(base: Path, subfolder: str, filename: str, data: bytes, overwrite: bool) -> str:
+    """Write an upload as ComfyUI names it (``name (1).png`` when taken, unless the bytes are the same file),
+    atomically: a temp file in the same folder, then linked or renamed into place."""
+    target = safe_path(base, subfolder, filename)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    safe_path(base, subfolder, filename)  # the folders just made are checked again (a race with a symlink)
+    stem, suffix = os.path.splitext(filename)
+    fd, temp = tempfile.mkstemp(prefix=".graphrun-upload-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(temp, 0o644 & ~_umask())
+        if overwrite:
+            os.replace(temp, target)
+            return filename
+        digest = hashlib.sha256(data).digest()
+        counter = 1
+        while True:
+            try:
+                os.link(temp, target)
+                return target.name
+            except FileExistsError:
+                if target.is_file() and hashlib.sha256(target.read_bytes()).digest() == digest:
+                    return target.name  # the same image again: no copy
+                target = target.with_name(f"{stem} ({counter}){suffix}")
+                counter += 1
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _view_response(path: Path, query: Any) -> web.StreamResponse:
+    headers = {"Content-Disposition": f'filename="{path.name}"'}
+    preview, channel = query.get("preview"), query.get("channel", "rgba")
+    if preview or channel in ("rgb", "a"):
+        from PIL import Image
+
+        with Image.open(path) as img:
+            if preview:
+                fmt, *rest = preview.split(";")
+                fmt = fmt if fmt in ("webp", "jpeg") and "a" not in channel else "webp"
+                quality = int(rest[-1]) if rest and rest[-1].isdigit() else 90
+                out = img.convert("RGB") if fmt == "jpeg" or channel == "rgb" else img
+                buffer = BytesIO()
+                out.save(buffer, format=fmt, quality=quality)
+                return web.Response(body=buffer.getvalue(), content_type=f"image/{fmt}", headers=headers)
+            if channel == "rgb":
+                out = img.convert("RGB")
+            else:
+                alpha = img.getchannel("A") if img.mode == "RGBA" else Image.new("L", img.size, 255)
+                out = Image.new("RGBA", img.size)
+                out.putalpha(alpha)
+            buffer = BytesIO()
+            out.save(buffer, format="PNG")
+            return web.Response(body=buffer.getvalue(), content_type="image/png", headers=headers)
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if content_type in _NO_DISPLAY:
+        content_type = "application/octet-stream"  # never render HTML or scripts from the folders
+    return web.FileResponse(path, headers={**headers, "Content-Type": content_type})
+
+
+def _frontend_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("comfyui-frontend-package")
+    except PackageNotFoundError:
+        return ""
+
+
+def _memory() -> tuple[int, int]:
+    try:
+        pages, free = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_AVPHYS_PAGES")
+        size = os.sysconf("SC_PAGE_SIZE")
+        return pages * size, free * size
+    except (ValueError, OSError, AttributeError):
+        return 0, 0
+
+
+def _system_stats() -> dict[str, Any]:
+    import torch
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        graphrun_version = version("graphrun")
+    except PackageNotFoundError:
+        graphrun_version = ""
+    ram_total, ram_free = _memory()
+    devices = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(index)
+            devices.append({"name": f"cuda:{index} {torch.cuda.get_device_name(index)}", "type": "cuda",
+                            "index": index, "vram_total": total, "vram_free": free,
+                            "torch_vram_total": torch.cuda.memory_reserved(index),
+                            "torch_vram_free": torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)})
+    else:
+        devices.append({"name": "cpu", "type": "cpu", "index": None, "vram_total": ram_total, "vram_free": ram_free,
+                        "torch_vram_total": ram_total, "torch_vram_free": ram_free})
+    return {
+        "system": {
+            "os": sys.platform, "ram_total": ram_total, "ram_free": ram_free,
+            "comfyui_version": COMFY_VERSION, "graphrun_version": graphrun_version,
+            "required_frontend_version": _frontend_version(), "installed_templates_version": "",
+            "required_templates_version": "", "python_version": sys.version,
+            "pytorch_version": torch.__version__, "embedded_python": False, "argv": sys.argv,
+            "platform": platform.platform(),
+        },
+        "devices": devices,
+    }
+
+
+# --- the application -------------------------------------------------------------------------------------------------
+
+
+def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Application:
+    """The aiohttp application of ``graphrun serve``; its worker starts and stops with the app."""
+    server = Server(config, registry)
+    middlewares = [_never_crash, _same_origin]
+    if config.token:
+        middlewares.insert(0, _token_middleware(config.token))
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
+    app[SERVER_KEY] = server
+    routes = _routes(server)
+    try:
+        from . import editor
+    except ImportError:  # TEMPORARY until editor.py lands
+        editor = None
+    editor_routes = editor.editor_routes(config.user_dir) if config.editor and editor else web.RouteTableDef()
+    for table in (routes, editor_routes):
+        prefixed = web.RouteTableDef()
+        for route in table:
+            if isinstance(route, web.RouteDef):
+                prefixed.route(route.method, "/api" + route.path)(route.handler, **route.kwargs)
+        app.add_routes(prefixed)
+        app.add_routes(table)
+    root = editor.frontend_root() if config.editor and editor else None
+    if root is not None:
+        editor.add_static(app, root)
+    else:
+        app.router.add_get("/", _no_editor)
+
+    async def startup(app: web.Application) -> None:
+        for folder in (config.out_dir, config.input_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        server.hub.start(asyncio.get_running_loop())
+        app[PUBLISHER_KEY] = asyncio.create_task(server.hub.run())
+        server.worker.start()
+
+    async def cleanup(app: web.Application) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, server.worker.stop)
+        app[PUBLISHER_KEY].cancel()
+        await server.hub.close_all()
+
+    app.on_startup.append(startup)
+    app.on_cleanup.append(cleanup)
+    return app
+
+
+async def _no_editor(request: web.Request) -> web.Response:
+    text = ("<!doctype html><title>graphrun serve</title><h1>graphrun serve</h1>"
+            "<p>ComfyUI's API is served here (POST /prompt, /ws, /history, /view, /object_info). "
+            "For ComfyUI's web editor, install <code>graphrun[ui]</code> and restart.</p>")
+    return web.Response(text=text, content_type="text/html")
