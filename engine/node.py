@@ -113,7 +113,9 @@ class Comfy:
     ``fixed`` gives values of graphrun inputs that the ComfyUI node implies (``EmptyLatentImage``
     is ``EmptyLatent`` with ``channels=4``); ``widgets`` overrides the widget order (ComfyUI names,
     defaults to the primitive inputs in declaration order); ``control_after_generate`` names the
-    widgets after which the UI stores an extra "control after generate" value.
+    widgets after which the UI stores an extra "control after generate" value. ``files`` names, per
+    input, the ComfyUI folder whose file names it takes (``{"unet_name": "diffusion_models"}``; ``"input"``
+    for images uploaded to the server): ``graphrun serve`` offers those files as the input's choices.
     """
 
     class_type: str
@@ -123,6 +125,7 @@ class Comfy:
     control_after_generate: tuple[str, ...] = ()
     image_upload: tuple[str, ...] = ()
     dynamic_prompts: tuple[str, ...] = ()
+    files: dict[str, str] = field(default_factory=dict)  # ComfyUI input name -> ComfyUI folder name
 
     def comfy_name(self, ours: str) -> str:
         return self.inputs.get(ours, ours)
@@ -380,6 +383,11 @@ def node(
             for ours in list(comfy_spec.inputs) + list(comfy_spec.fixed):
                 if spec.input(ours) is None:
                     raise NodeDeclarationError(f"{name}: comfy mapping names unknown input {ours!r}")
+            for theirs in comfy_spec.files:
+                if spec.input(comfy_spec.our_name(theirs)) is None:
+                    raise NodeDeclarationError(
+                        f"{name}: comfy mapping {comfy_spec.class_type!r} lists files for unknown input {theirs!r}"
+                    )
         fn.__graphrun_node__ = spec  # type: ignore[attr-defined]
         return fn
 

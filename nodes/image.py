@@ -169,7 +169,7 @@ def _resolve_input(ctx: Context, name: str) -> Path:
 @node(
     "LoadImage",
     category="image",
-    comfy=Comfy("LoadImage", image_upload=("image",)),
+    comfy=Comfy("LoadImage", image_upload=("image",), files={"image": "input"}),
     check=_check_image,
 )
 def load_image(ctx: Context, image: Annotated[str, Field(description="image file path")]) -> LoadedImage:

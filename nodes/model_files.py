@@ -240,6 +240,57 @@ def search_folders(kind: str, models_dirs: Iterable[str] = (), extra_paths_file:
     return folders
 
 
+#: ComfyUI's older folder names and the folders they stand for (its ``folder_paths.map_legacy``).
+LEGACY_FOLDERS: dict[str, str] = {"unet": "diffusion_models", "clip": "text_encoders"}
+_SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+# Upscale models are also read from pickle files, with torch's weights-only loader (upscale_nets.PICKLE_SUFFIXES;
+# not imported: that module imports torch). Every other loader refuses pickles, so they are not offered.
+_UPSCALE_PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".pkl", ".pt2")
+#: The file suffixes :func:`list_model_files` offers per folder: what that folder's loader loads.
+LISTED_SUFFIXES: dict[str, tuple[str, ...]] = {
+    **{kind: _SAFETENSORS_SUFFIXES for kind in KIND_FOLDERS},
+    "upscale_models": _SAFETENSORS_SUFFIXES + _UPSCALE_PICKLE_SUFFIXES,
+}
+
+
+def model_folder_names() -> list[str]:
+    """The ComfyUI folder names graphrun reads models from (what ComfyUI's ``GET /models`` lists)."""
+    return list(KIND_FOLDERS)
+
+
+def list_model_files(folder: str, models_dirs: Iterable[str] = (), extra_paths_file: str | None = None) -> list[str]:
+    """The model names a loader of ComfyUI folder ``folder`` accepts, as ComfyUI's file lists give them.
+
+    Every folder :func:`search_folders` looks in (models dirs, ``GRAPHRUN_MODELS``, the extra paths file; the
+    tiny model's folder when nothing is configured, built on first use) is walked with its subfolders: names
+    are relative to that folder with ``/`` between parts (``sub/x.safetensors``, which
+    :func:`resolve_model_file` finds again), hidden files and folders are skipped, only the suffixes of
+    :data:`LISTED_SUFFIXES` count, and the union is sorted. ``unet`` and ``clip`` are ComfyUI's old names of
+    ``diffusion_models`` and ``text_encoders``. Raises ValueError for another folder name and
+    :class:`ModelPathsError` for an unreadable extra paths file.
+    """
+    kind = LEGACY_FOLDERS.get(folder, folder)
+    if kind not in KIND_FOLDERS:
+        raise ValueError(f"unknown model folder {folder!r}; expected one of {', '.join(KIND_FOLDERS)}")
+    suffixes = LISTED_SUFFIXES[kind]
+    names: set[str] = set()
+    for root in search_folders(kind, models_dirs, extra_paths_file):
+        if not root.is_dir():
+            continue
+        seen: set[str] = set()
+        for current, subdirs, files in os.walk(root, followlinks=True):
+            real = os.path.realpath(current)
+            if real in seen:  # a symlink loop: list each folder once
+                subdirs.clear()
+                continue
+            seen.add(real)
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+            relative = Path(current).relative_to(root)
+            names.update((relative / f).as_posix() for f in files
+                         if not f.startswith(".") and f.lower().endswith(suffixes))
+    return sorted(names)
+
+
 _TINY_NOTICE_GIVEN = False
 
 

@@ -202,7 +202,7 @@ def load_zimage(
     "LoadDiffusionModel",
     category="loaders",
     keep=True,
-    comfy=Comfy("UNETLoader", inputs={"name": "unet_name"}),
+    comfy=Comfy("UNETLoader", inputs={"name": "unet_name"}, files={"unet_name": "diffusion_models"}),
     check=file_check("name", "diffusion_models"),
 )
 def load_diffusion_model(
@@ -239,7 +239,7 @@ def load_diffusion_model(
     "LoadTextEncoder",
     category="loaders",
     keep=True,
-    comfy=Comfy("CLIPLoader", inputs={"name": "clip_name", "clip_type": "type"}),
+    comfy=Comfy("CLIPLoader", inputs={"name": "clip_name", "clip_type": "type"}, files={"clip_name": "text_encoders"}),
     check=_check_text_encoder,
 )
 def load_text_encoder(
@@ -273,7 +273,7 @@ def load_text_encoder(
     "LoadVAE",
     category="loaders",
     keep=True,
-    comfy=Comfy("VAELoader", inputs={"name": "vae_name"}),
+    comfy=Comfy("VAELoader", inputs={"name": "vae_name"}, files={"vae_name": "vae"}),
     check=file_check("name", "vae"),
 )
 def load_vae(
@@ -309,8 +309,9 @@ def resolve_lora(ctx: Context, name: str) -> Path:
     "LoadLora",
     category="loaders",
     comfy=(
-        Comfy("LoraLoaderModelOnly", inputs={"name": "lora_name"}, widgets=("lora_name", "strength_model")),
-        Comfy("LoraLoader", inputs={"name": "lora_name"}),
+        Comfy("LoraLoaderModelOnly", inputs={"name": "lora_name"}, widgets=("lora_name", "strength_model"),
+              files={"lora_name": "loras"}),
+        Comfy("LoraLoader", inputs={"name": "lora_name"}, files={"lora_name": "loras"}),
     ),
     check=file_check("name", "loras"),
     version=2,  # 2: ComfyUI v0.18.1's key table, LoRA on the text encoder

@@ -144,7 +144,7 @@ def get_image_size(image: Image) -> ImageSize:
     "LoadUpscaleModel",
     category="loaders",
     keep=True,
-    comfy=Comfy("UpscaleModelLoader", inputs={"name": "model_name"}),
+    comfy=Comfy("UpscaleModelLoader", inputs={"name": "model_name"}, files={"model_name": "upscale_models"}),
     # .pth upscalers are read with torch's restricted weights-only loader (see read_state_dict).
     check=file_check("name", "upscale_models", allow_pickle=True),
 )

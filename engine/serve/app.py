@@ -46,7 +46,6 @@ from .worker import Worker
 
 log = logging.getLogger("graphrun.serve")
 
-COMFY_VERSION = "0.18.1"  # the ComfyUI whose API (and images) this server follows
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _SENSITIVE_EXTRA_DATA = ("auth_token_comfy_org", "api_key_comfy_org")  # never stored in queue or history
 _TOKEN_COOKIE = "graphrun_token"
@@ -95,9 +94,9 @@ class Server:
         """File names of a ComfyUI folder (``/models/{folder}``, object_info combos); None if unknown."""
         if folder == "input":
             return list_files(self.config.input_dir, IMAGE_SUFFIXES)
-        from graphrun.nodes.model_files import KIND_FOLDERS, list_model_files
+        from graphrun.nodes.model_files import LEGACY_FOLDERS, list_model_files, model_folder_names
 
-        if folder not in KIND_FOLDERS:
+        if folder not in model_folder_names() and folder not in LEGACY_FOLDERS:
             return None
         return list_model_files(folder, self.config.models_dirs, self.config.extra_model_paths)
 
@@ -224,9 +223,9 @@ def _routes(server: Server) -> web.RouteTableDef:
 
     @routes.get("/models")
     async def model_types(request: web.Request) -> web.Response:
-        from graphrun.nodes.model_files import KIND_FOLDERS
+        from graphrun.nodes.model_files import model_folder_names
 
-        return web.json_response(list(KIND_FOLDERS))
+        return web.json_response(model_folder_names())
 
     @routes.get("/models/{folder}")
     async def models(request: web.Request) -> web.Response:
@@ -273,7 +272,11 @@ def _routes(server: Server) -> web.RouteTableDef:
 
     @routes.get("/system_stats")
     async def system_stats(request: web.Request) -> web.Response:
-        return web.json_response(await asyncio.get_running_loop().run_in_executor(None, _system_stats))
+        from ..comfy.versions import resolve_comfy_version
+
+        followed = resolve_comfy_version(config.comfy or None)
+        stats = await asyncio.get_running_loop().run_in_executor(None, _system_stats, followed)
+        return web.json_response(stats)
 
     @routes.get("/features")
     async def features(request: web.Request) -> web.Response:
@@ -488,7 +491,8 @@ def _memory() -> tuple[int, int]:
         return 0, 0
 
 
-def _system_stats() -> dict[str, Any]:
+def _system_stats(comfy_version: str) -> dict[str, Any]:
+    """ComfyUI's /system_stats; ``comfyui_version`` is the ComfyUI whose behaviour the server follows."""
     import torch
 
     from importlib.metadata import PackageNotFoundError, version
@@ -512,7 +516,7 @@ def _system_stats() -> dict[str, Any]:
     return {
         "system": {
             "os": sys.platform, "ram_total": ram_total, "ram_free": ram_free,
-            "comfyui_version": COMFY_VERSION, "graphrun_version": graphrun_version,
+            "comfyui_version": comfy_version, "graphrun_version": graphrun_version,
             "required_frontend_version": _frontend_version(), "installed_templates_version": "",
             "required_templates_version": "", "python_version": sys.version,
             "pytorch_version": torch.__version__, "embedded_python": False, "argv": sys.argv,
