@@ -213,6 +213,22 @@ def test_queue_lists_deletes_and_clears_pending_prompts(srv: BackgroundServer) -
     assert run(request(f"{srv.url}/history"))[1] == {}
 
 
+def test_jobs_api_lists_finished_and_pending_prompts(srv: BackgroundServer) -> None:
+    answer, _ = run(queue_and_listen(srv.url, small_prompt(seed=31, prefix="jobs"), "jobs"))
+    _, listing = run(request(f"{srv.url}/api/jobs", params={"status": "completed", "limit": "50"}))
+    job = next(j for j in listing["jobs"] if j["id"] == answer["prompt_id"])
+    assert job["status"] == "completed" and job["outputs_count"] == 1
+    assert job["preview_output"]["filename"].startswith("jobs") and job["preview_output"]["nodeId"] == "10"
+    assert job["execution_end_time"] >= job["execution_start_time"] >= job["create_time"]
+    assert listing["pagination"]["limit"] == 50 and listing["pagination"]["total"] >= 1
+    _, one = run(request(f"{srv.url}/api/jobs/{answer['prompt_id']}"))
+    assert one["outputs"]["10"]["images"][0]["filename"] == job["preview_output"]["filename"]
+    assert one["workflow"]["prompt"] == small_prompt(seed=31, prefix="jobs")
+    assert run(request(f"{srv.url}/api/jobs/no-such-job"))[0] == 404
+    assert run(request(f"{srv.url}/api/jobs", params={"status": "sleeping"}))[0] == 400
+    assert run(request(f"{srv.url}/api/jobs", params={"limit": "0"}))[0] == 400
+
+
 # --- ComfyUI's error answers -----------------------------------------------------------------------------------
 
 

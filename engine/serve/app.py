@@ -302,6 +302,47 @@ def _routes(server: Server) -> web.RouteTableDef:
         info = node_info(server.registry, class_type, lambda folder: server.folder_files(folder) or [])
         return web.json_response({class_type: info} if info is not None else {})
 
+    @routes.get("/api/jobs")
+    async def jobs(request: web.Request) -> web.Response:
+        from .job_list import STATUSES, all_jobs
+
+        query = request.query
+        statuses = [s.strip().lower() for s in query.get("status", "").split(",") if s.strip()] or None
+        bad = [s for s in statuses or [] if s not in STATUSES]
+        if bad:
+            return web.json_response({"error": f"Invalid status value(s): {', '.join(bad)}. Valid values: "
+                                               f"{', '.join(STATUSES)}"}, status=400)
+        sort_by, sort_order = query.get("sort_by", "created_at").lower(), query.get("sort_order", "desc").lower()
+        if sort_by not in ("created_at", "execution_duration"):
+            return web.json_response({"error": "sort_by must be 'created_at' or 'execution_duration'"}, status=400)
+        if sort_order not in ("asc", "desc"):
+            return web.json_response({"error": "sort_order must be 'asc' or 'desc'"}, status=400)
+        try:
+            limit = int(query["limit"]) if "limit" in query else None
+            offset = max(int(query.get("offset", 0)), 0)
+        except ValueError:
+            return web.json_response({"error": "limit and offset must be integers"}, status=400)
+        if limit is not None and limit <= 0:
+            return web.json_response({"error": "limit must be a positive integer"}, status=400)
+        running, pending = server.queue.snapshot()
+        listed = all_jobs(running, pending, server.queue.history(), statuses, query.get("workflow_id"),
+                          sort_by, sort_order)
+        page = listed[offset:][:limit] if limit is not None else listed[offset:]
+        return web.json_response({"jobs": page, "pagination": {"offset": offset, "limit": limit,
+                                                               "total": len(listed),
+                                                               "has_more": offset + len(page) < len(listed)}})
+
+    @routes.get("/api/jobs/{job_id}")
+    async def job(request: web.Request) -> web.Response:
+        from .job_list import find_job
+
+        running, pending = server.queue.snapshot()
+        found = find_job(request.match_info["job_id"], running, pending,
+                         server.queue.history(prompt_id=request.match_info["job_id"]))
+        if found is None:
+            return web.json_response({"error": "Job not found"}, status=404)
+        return web.json_response(found)
+
     @routes.get("/history")
     async def history(request: web.Request) -> web.Response:
         try:
