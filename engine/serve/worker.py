@@ -116,15 +116,18 @@ class Worker:
             node = comfy_id(event.node)
             if event.kind == "start":
                 self.current_node = node
-                send("executing", {"node": node, "display_node": node, "prompt_id": job.prompt_id})
                 progress_state(node, "running", 0, 1)
+                send("executing", {"node": node, "display_node": node, "prompt_id": job.prompt_id})
             elif event.kind == "step":
+                if job.graph.nodes[event.node].spec.output:
+                    return  # ComfyUI's SaveImage and PreviewImage have no progress bar
                 value, maximum = event.info.get("step", 0), event.info.get("total", 0)
                 send("progress", {"value": value, "max": maximum, "prompt_id": job.prompt_id, "node": node})
                 progress_state(node, "running", value, maximum)
             elif event.kind == "end":
                 executed.append(node)
-                progress_state(node, "finished", 1, 1)
+                last = states.get(node, {}).get("max", 1) or 1
+                progress_state(node, "finished", last, last)
                 ui = self._ui_output(event.info.get("files", []))
                 if ui:
                     outputs[node] = ui
