@@ -332,8 +332,13 @@ def test_uploads_are_named_like_comfyui_and_used_by_loadimage(srv: BackgroundSer
         "photo (1).png", "photo.png", "sets/a/p.png"]
     assert not [p for p in inputs.rglob("*") if p.name.startswith(".graphrun-upload")]  # no temp files left
     _, models = run(request(f"{srv.url}/models/diffusion_models"))
-    assert isinstance(models, list)
+    assert "z_image_turbo_bf16.safetensors" in models  # the tiny model's files
     assert run(request(f"{srv.url}/models/no_such_folder"))[0] == 404
+    _, folders = run(request(f"{srv.url}/api/experiment/models"))
+    assert {f["name"] for f in folders} >= {"diffusion_models", "text_encoders", "vae", "loras"}
+    _, listed = run(request(f"{srv.url}/api/experiment/models/diffusion_models"))
+    assert [m["name"] for m in listed] == models and all(m["size"] > 0 for m in listed)
+    assert run(request(f"{srv.url}/api/experiment/models/nowhere"))[0] == 404
 
     prompt = small_prompt()  # img2img from the uploaded picture
     prompt["20"] = {"class_type": "LoadImage", "inputs": {"image": "photo.png"}}

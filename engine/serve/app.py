@@ -234,6 +234,37 @@ def _routes(server: Server) -> web.RouteTableDef:
             return web.Response(status=404)
         return web.json_response(files)
 
+    @routes.get("/experiment/models")
+    async def model_folders(request: web.Request) -> web.Response:
+        """The editor's Models panel: each model folder and where on this machine it is read from."""
+        from graphrun.nodes.model_files import model_folder_names, search_folders
+
+        return web.json_response([
+            {"name": folder, "folders": [str(p) for p in search_folders(folder, config.models_dirs,
+                                                                        config.extra_model_paths)]}
+            for folder in model_folder_names()
+        ])
+
+    @routes.get("/experiment/models/{folder}")
+    async def model_folder(request: web.Request) -> web.Response:
+        from graphrun.nodes.model_files import LEGACY_FOLDERS, search_folders
+
+        folder = request.match_info["folder"]
+        names = server.folder_files(folder)
+        if names is None or folder == "input":
+            return web.Response(status=404)
+        roots = search_folders(LEGACY_FOLDERS.get(folder, folder), config.models_dirs, config.extra_model_paths)
+        listed = []
+        for name in names:
+            for index, root in enumerate(roots):
+                path = root / name
+                if path.is_file():
+                    stat = path.stat()
+                    listed.append({"name": name, "pathIndex": index, "modified": stat.st_mtime,
+                                   "created": stat.st_ctime, "size": stat.st_size})
+                    break
+        return web.json_response(listed)
+
     @routes.post("/upload/image")
     async def upload_image(request: web.Request) -> web.Response:
         post = await request.post()
@@ -579,11 +610,9 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=middlewares)
     app[SERVER_KEY] = server
     routes = _routes(server)
-    try:
-        from . import editor
-    except ImportError:  # TEMPORARY until editor.py lands
-        editor = None
-    editor_routes = editor.editor_routes(config.user_dir) if config.editor and editor else web.RouteTableDef()
+    from . import editor
+
+    editor_routes = editor.editor_routes(config.user_dir) if config.editor else web.RouteTableDef()
     for table in (routes, editor_routes):
         prefixed = web.RouteTableDef()
         for route in table:
@@ -591,7 +620,7 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
                 prefixed.route(route.method, "/api" + route.path)(route.handler, **route.kwargs)
         app.add_routes(prefixed)
         app.add_routes(table)
-    root = editor.frontend_root() if config.editor and editor else None
+    root = editor.frontend_root() if config.editor else None
     if root is not None:
         editor.add_static(app, root)
     else:
