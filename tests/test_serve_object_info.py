@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -23,12 +23,14 @@ from graphrun.engine.comfy.specs import (
     shim_spec,
     spec_lookup,
 )
+from graphrun.engine.comfy.api_to_ui import api_to_ui
 from graphrun.engine.comfy.ui_to_api import ui_to_api
 from graphrun.engine.node import Comfy, NodeDeclarationError, builtin_registry, make_registry, node
 from graphrun.engine.serve.object_info import FRONTEND_ONLY, node_info, object_info
 from graphrun.nodes import model_files
 from graphrun.nodes.model_files import list_model_files, model_folder_names
 from graphrun.nodes.sampling.registry import sampler_names, scheduler_names
+from graphrun.nodes.types import Image, Mask
 
 #: The keys v0.18.1's node_info sends for every classic node.
 NODE_INFO_KEYS = {
@@ -94,26 +96,137 @@ def touch(path: Path) -> Path:
 # --- shapes of real class_types ------------------------------------------------------------------------------------
 
 
-def test_ksampler_has_seed_control_sampler_combos_and_float_options(info):
+def test_ksampler_has_comfyuis_widget_options_and_input_order(info):
     entry = info["KSampler"]
     assert set(entry) == NODE_INFO_KEYS
     assert widget(entry, "seed") == ["INT", {"default": 0, "tooltip": "noise seed", "control_after_generate": True,
                                              "min": 0, "max": 2**64 - 1, "step": 1}]
+    assert widget(entry, "steps") == ["INT", {"default": 20, "min": 1, "max": 10000, "step": 1}]
+    # ComfyUI's cfg: 0.1 a click, values rounded to 0.01 (graphrun's declaration only bounds it)
+    assert widget(entry, "cfg") == ["FLOAT", {
+        "default": 8.0, "tooltip": "classifier-free guidance; 1 skips the negative", "min": 0.0, "max": 100.0,
+        "step": 0.1, "round": 0.01}]
+    assert widget(entry, "denoise") == ["FLOAT", {
+        "default": 1.0, "tooltip": "< 1 runs `steps` steps on the tail of a longer schedule", "min": 0.0, "max": 1.0,
+        "step": 0.01, "round": 0.01}]
     samplers, options = widget(entry, "sampler_name")
-    assert samplers == list(sampler_names()) and "euler" in samplers and options["default"] == "euler"
+    assert samplers == list(sampler_names()) and samplers[0] == "euler"
+    assert options == {"default": "euler", "tooltip": "a registered sampler (plugins can add some)"}
     schedulers, options = widget(entry, "scheduler")
     assert schedulers == list(scheduler_names()) and options["default"] == "simple"
-    cfg_type, cfg = widget(entry, "cfg")
-    assert cfg_type == "FLOAT"
-    assert (cfg["default"], cfg["min"], cfg["max"], cfg["step"], cfg["round"]) == (8.0, 0.0, 100.0, 0.01, 0.01)
-    assert widget(entry, "steps")[1] == {"default": 20, "min": 1, "max": 10000, "step": 1}
     assert widget(entry, "latent_image") == ["LATENT"]  # graphrun's `latent`, under ComfyUI's name
-    assert entry["input_order"] == {"required": ["model", "positive", "negative", "latent_image", "seed", "steps",
-                                                 "cfg", "sampler_name", "scheduler", "denoise"]}
+    # ComfyUI's INPUT_TYPES order (sockets among the widgets); the widgets keep the importer's order
+    assert entry["input_order"] == {"required": ["model", "seed", "steps", "cfg", "sampler_name", "scheduler",
+                                                 "positive", "negative", "latent_image", "denoise"]}
     assert (entry["output"], entry["output_name"], entry["output_is_list"]) == (["LATENT"], ["LATENT"], [False])
-    assert (entry["name"], entry["category"], entry["python_module"], entry["output_node"]) == (
-        "KSampler", "sampling", "nodes", False)
+    assert (entry["name"], entry["display_name"], entry["category"], entry["python_module"], entry["output_node"]) == (
+        "KSampler", "KSampler", "sampling", "nodes", False)
     assert entry["description"] == "Denoise a latent (ComfyUI KSampler semantics)."
+    advanced = info["KSamplerAdvanced"]
+    assert widget(advanced, "cfg")[1]["step"] == 0.1 and widget(info["CFGGuider"], "cfg")[1]["step"] == 0.1
+    # the options ComfyUI's editor keeps behind "show advanced"
+    assert [name for name in widget_order(advanced) if widget(advanced, name)[1].get("advanced")] == [
+        "add_noise", "start_at_step", "end_at_step", "return_with_leftover_noise"]
+    assert widget(info["UNETLoader"], "weight_dtype")[1]["advanced"] is True
+    assert "advanced" not in widget(entry, "steps")[1]
+
+
+#: ComfyUI v0.18.1's display name and category of every class_type a built-in node declares (NODE_DISPLAY_NAME_MAPPINGS
+#: and CATEGORY in nodes.py, display_name= and category= of the V3 schemas in comfy_extras/; no display name: the
+#: class_type). The last one is a custom node's, graphrun's plugin example.
+COMFYUI_TITLES = {
+    "UNETLoader": ("Load Diffusion Model", "advanced/loaders"),
+    "CLIPLoader": ("Load CLIP", "advanced/loaders"),
+    "VAELoader": ("Load VAE", "loaders"),
+    "LoraLoader": ("Load LoRA (Model and CLIP)", "loaders"),
+    "LoraLoaderModelOnly": ("Load LoRA", "loaders"),
+    "UpscaleModelLoader": ("Load Upscale Model", "loaders"),
+    "ModelSamplingAuraFlow": ("ModelSamplingAuraFlow", "advanced/model"),
+    "ModelSamplingSD3": ("ModelSamplingSD3", "advanced/model"),
+    "CLIPTextEncode": ("CLIP Text Encode (Prompt)", "conditioning"),
+    "ConditioningZeroOut": ("ConditioningZeroOut", "advanced/conditioning"),
+    "EmptyLatentImage": ("Empty Latent Image", "latent"),
+    "EmptySD3LatentImage": ("EmptySD3LatentImage", "latent/sd3"),
+    "LatentUpscale": ("Upscale Latent", "latent"),
+    "LatentUpscaleBy": ("Upscale Latent By", "latent"),
+    "VAEDecode": ("VAE Decode", "latent"),
+    "VAEEncode": ("VAE Encode", "latent"),
+    "KSampler": ("KSampler", "sampling"),
+    "KSamplerAdvanced": ("KSampler (Advanced)", "sampling"),
+    "SamplerCustom": ("SamplerCustom", "sampling/custom_sampling"),
+    "SamplerCustomAdvanced": ("SamplerCustomAdvanced", "sampling/custom_sampling"),
+    "KSamplerSelect": ("KSamplerSelect", "sampling/custom_sampling/samplers"),
+    "BasicScheduler": ("BasicScheduler", "sampling/custom_sampling/schedulers"),
+    "RandomNoise": ("RandomNoise", "sampling/custom_sampling/noise"),
+    "DisableNoise": ("DisableNoise", "sampling/custom_sampling/noise"),
+    "CFGGuider": ("CFGGuider", "sampling/custom_sampling/guiders"),
+    "BasicGuider": ("BasicGuider", "sampling/custom_sampling/guiders"),
+    "SplitSigmas": ("SplitSigmas", "sampling/custom_sampling/sigmas"),
+    "SplitSigmasDenoise": ("SplitSigmasDenoise", "sampling/custom_sampling/sigmas"),
+    "ManualSigmas": ("ManualSigmas", "_for_testing/custom_sampling"),
+    "AddNoise": ("AddNoise", "_for_testing/custom_sampling/noise"),
+    "LoadImage": ("Load Image", "image"),
+    "SaveImage": ("Save Image", "image"),
+    "PreviewImage": ("Preview Image", "image"),
+    "GetImageSize": ("Get Image Size", "image"),
+    "ImageScale": ("Upscale Image", "image/upscaling"),
+    "ImageScaleBy": ("Upscale Image By", "image/upscaling"),
+    "ImageScaleToTotalPixels": ("Scale Image to Total Pixels", "image/upscaling"),
+    "ImageScaleToMaxDimension": ("ImageScaleToMaxDimension", "image/upscaling"),
+    "ImageUpscaleWithModel": ("Upscale Image (using Model)", "image/upscaling"),
+    "FlowMatchEulerDiscreteScheduler (Custom)": ("FlowMatchEulerDiscreteScheduler (Custom)", "sampling/custom"),
+}
+
+
+def test_display_names_and_categories_are_comfyuis(info):
+    assert set(COMFYUI_TITLES) == set(builtin_registry().comfy_index())  # a new mapping needs its row here
+    assert {c: (info[c]["display_name"], info[c]["category"]) for c in COMFYUI_TITLES} == COMFYUI_TITLES
+    # graphrun's own categories stay graphrun's (`graphrun nodes`), and its own types keep their names
+    assert builtin_registry().get("LoadDiffusionModel").category == "loaders"
+    assert (info["LoadZImage"]["display_name"], info["LoadZImage"]["category"]) == ("LoadZImage", "loaders")
+
+
+def test_lora_loader_model_only_has_only_the_model_output(info):
+    entry = info["LoraLoaderModelOnly"]
+    assert (entry["output"], entry["output_name"], entry["output_is_list"]) == (["MODEL"], ["MODEL"], [False])
+    both = info["LoraLoader"]
+    assert (both["output"], both["output_name"]) == (["MODEL", "CLIP"], ["MODEL", "CLIP"])
+    # ComfyUI's LoraLoader requires its clip, in ComfyUI's place (graphrun would also run it without one)
+    assert both["input_order"] == {"required": ["model", "clip", "lora_name", "strength_model", "strength_clip"]}
+    # the UI-format exporter draws the node with that one output slot too
+    registry = builtin_registry()
+    assert comfy_node_spec(*registry.comfy_index()["LoraLoaderModelOnly"]).outputs == ("MODEL",)
+    prompt = {"1": {"class_type": "LoraLoaderModelOnly",
+                    "inputs": {"model": ["2", 0], "lora_name": "style.safetensors", "strength_model": 0.5}},
+              "2": {"class_type": "UNETLoader", "inputs": {"unet_name": "z.safetensors", "weight_dtype": "default"}}}
+    (lora,) = [n for n in api_to_ui(prompt, registry)["nodes"] if n["type"] == "LoraLoaderModelOnly"]
+    assert [(o["name"], o["type"]) for o in lora["outputs"]] == [("MODEL", "MODEL")]
+
+
+def test_clip_loader_offers_the_types_graphrun_runs_as_comfyui_does(info):
+    entry = info["CLIPLoader"]
+    types, options = widget(entry, "type")
+    # ComfyUI v0.18.1's list but flux2 (a Qwen3-4B file becomes the Flux.2 Klein encoder there, Z-Image's here)
+    assert types == ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
+                     "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "ovis",
+                     "longcat_image"]
+    assert options == {"default": "lumina2", "tooltip": "ComfyUI's architecture hint; Z-Image uses lumina2"}
+    # device sits in ComfyUI's optional section, behind "show advanced"
+    assert entry["input_order"] == {"required": ["clip_name", "type"], "optional": ["device"]}
+    assert entry["input"]["optional"] == {"device": [["default", "cpu"], {"default": "default", "advanced": True}]}
+    # graphrun still takes any text there (a workflow from another ComfyUI version keeps loading)
+    assert builtin_registry().get("LoadTextEncoder").input("clip_type").type_name == "STRING"
+
+
+def test_sockets_sit_where_comfyui_puts_them_and_latent_widgets_step_like_comfyuis(info):
+    assert info["VAEDecode"]["input_order"] == {"required": ["samples", "vae"]}
+    assert info["VAEEncode"]["input_order"] == {"required": ["pixels", "vae"]}
+    assert info["CLIPTextEncode"]["input_order"] == {"required": ["text", "clip"]}
+    assert info["SamplerCustom"]["input_order"] == {"required": ["model", "add_noise", "noise_seed", "cfg", "positive",
+                                                                 "negative", "sampler", "sigmas", "latent_image"]}
+    assert widget(info["EmptyLatentImage"], "width")[1]["step"] == 8
+    assert widget(info["LatentUpscale"], "height")[1]["step"] == 8
+    assert widget(info["ImageScaleToTotalPixels"], "resolution_steps")[1]["advanced"] is True
 
 
 def test_clip_text_encode_text_is_a_multiline_dynamic_prompt(info):
@@ -147,7 +260,7 @@ def test_unet_loader_lists_the_diffusion_models_of_the_models_dir(tmp_path):
     assert widget(info["VAELoader"], "vae_name")[0] == ["ae.safetensors"]
     assert widget(info["CLIPLoader"], "clip_name")[0] == []
     assert widget(info["UNETLoader"], "weight_dtype") == [
-        ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"], {"default": "default"}]
+        ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"], {"default": "default", "advanced": True}]
 
 
 def test_load_image_lists_input_files_with_an_upload_button(info):
@@ -176,13 +289,8 @@ def test_graphrun_only_inputs_and_narrow_mappings_leave_inputs_out(info):
     assert info["EmptyLatentImage"]["input_order"] == {"required": ["width", "height", "batch_size"]}
     assert info["EmptySD3LatentImage"]["input_order"] == {"required": ["width", "height", "batch_size"]}
     assert widget(info["EmptySD3LatentImage"], "width")[1] == {
-        "default": 1024, "tooltip": "image width in pixels", "min": 16, "max": 16384, "step": 1}
+        "default": 1024, "tooltip": "image width in pixels", "min": 16, "max": 16384, "step": 16}
     assert info["LoraLoaderModelOnly"]["input_order"] == {"required": ["model", "lora_name", "strength_model"]}
-    # LoraLoader's clip may stay unconnected in graphrun: an optional socket
-    assert info["LoraLoader"]["input_order"] == {
-        "required": ["model", "lora_name", "strength_model", "strength_clip"], "optional": ["clip"]}
-    assert info["LoraLoader"]["input"]["optional"] == {"clip": ["CLIP"]}
-    assert info["CLIPLoader"]["input_order"] == {"required": ["clip_name", "type", "device"]}
 
 
 def test_unbounded_numbers_get_explicit_bounds(info):
@@ -248,6 +356,30 @@ def test_a_files_entry_must_name_an_input_of_the_node():
         @node("BadFiles", category="test", comfy=Comfy("BadFilesNode", files={"ckpt_name": "checkpoints"}))
         def bad(name: str) -> None:
             pass
+
+
+class _Pair(NamedTuple):
+    image: Image
+    mask: Mask
+
+
+@pytest.mark.parametrize("comfy, message", [
+    (Comfy("Bad", outputs=("mask",)), r"outputs \['mask'\] must be the first outputs of the node, in order"),
+    (Comfy("Bad", outputs=("alpha",)), r"outputs names unknown outputs \['alpha'\]; the node has \['image', 'mask'\]"),
+    (Comfy("Bad", options={"amount": {"min": 2}}),
+     r"options for 'amount' may only set \['advanced', 'round', 'step'\], not \['min'\]"),
+    (Comfy("Bad", options={"size": {"step": 8}}), r"options names unknown inputs \['size'\]"),
+    (Comfy("Bad", choices={"amount": (1, 2)}), "choices for 'amount' need a text input"),
+    (Comfy("Bad", choices={"words": ("a", "b")}), "choices for 'words' lack its default 'hi'"),
+    (Comfy("Bad", optional=("image",)), "optional names 'image', which graphrun requires"),
+    (Comfy("Bad", optional=("amount",)), r"optional widgets \['amount'\] must come last in the widget order"),
+    (Comfy("Bad", input_order=("image", "pixels")), r"input_order names unknown inputs \['pixels'\]"),
+])
+def test_a_mappings_editor_facts_must_fit_the_node(comfy, message):
+    with pytest.raises(NodeDeclarationError, match=message):
+        @node("BadFacts", category="test", comfy=comfy)
+        def bad(image: Image, amount: int = 1, words: str = "hi") -> _Pair:
+            return _Pair(image, image)
 
 
 # --- coverage and consistency --------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ exporter need:
 * :func:`comfy_node_spec` / :func:`spec_lookup` — the widget layout the UI-format converter
   (:mod:`.ui_to_api`) needs: widget order = the mapping's declared ``widgets``, else the node's primitive
   inputs in declaration order (ComfyUI names); flags from ``control_after_generate``, ``image_upload`` and
-  ``dynamic_prompts``; defaults from graphrun's input defaults.
+  ``dynamic_prompts``; defaults from graphrun's input defaults; outputs those of :func:`comfy_outputs`.
+* :func:`comfy_outputs` — the graphrun outputs a mapping has (``LoraLoaderModelOnly``: the model only).
+* :func:`check_mapping` — the declaration checks of a mapping's editor facts (``@node`` runs them).
 * A few ComfyUI class_types that no graphrun node declares but that the importer still understands (the
   *shims* below): display-only nodes it skips, value nodes it folds into constants, and aliases that run
   as another graphrun node when their extra options are at the values graphrun reproduces.
@@ -25,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ..node import REQUIRED, Comfy, InputSpec, NodeSpec, Registry
+from ..node import REQUIRED, Comfy, InputSpec, NodeDeclarationError, NodeSpec, OutputSpec, Registry
 from .widgets import WIDGET_KINDS, ComfyNodeSpec, SpecLookup, WidgetSlot
 
 __all__ = [
@@ -33,9 +35,12 @@ __all__ = [
     "FOLDED",
     "ALIASES",
     "Alias",
+    "EDITOR_OPTIONS",
     "FoldedNode",
+    "check_mapping",
     "comfy_inputs",
     "comfy_node_spec",
+    "comfy_outputs",
     "graphrun_only_inputs",
     "known_class_types",
     "spec_lookup",
@@ -78,6 +83,66 @@ def comfy_inputs(spec: NodeSpec, comfy: Comfy) -> list[tuple[str, str]]:
     return pairs
 
 
+def comfy_outputs(spec: NodeSpec, comfy: Comfy) -> tuple[OutputSpec, ...]:
+    """The graphrun outputs the ComfyUI node has, in slot order: ``comfy.outputs``, else all of them."""
+    if comfy.outputs is None:
+        return spec.outputs
+    return spec.outputs[: len(comfy.outputs)]  # check_mapping: a leading part, so slot numbers agree
+
+
+#: The widget options a mapping may add (``Comfy.options``): they change how the editor shows a widget, never
+#: which values graphrun takes (bounds, defaults and choices come from graphrun's declaration).
+EDITOR_OPTIONS: frozenset[str] = frozenset({"step", "round", "advanced"})
+
+
+def check_mapping(spec: NodeSpec, comfy: Comfy) -> None:
+    """Raise NodeDeclarationError when a mapping's editor facts (outputs, optional, input_order, options,
+    choices) name what the mapping does not have or could not be shown as declared."""
+    where = f"{spec.name}: comfy mapping {comfy.class_type!r}"
+    ours = [o.name for o in spec.outputs]
+    if comfy.outputs is not None:
+        unknown = [name for name in comfy.outputs if name not in ours]
+        if unknown:
+            raise NodeDeclarationError(f"{where}: outputs names unknown outputs {unknown}; the node has {ours}")
+        if list(comfy.outputs) != ours[: len(comfy.outputs)]:
+            # the importer and the exporter number a ComfyUI output slot as graphrun's output of that number
+            raise NodeDeclarationError(
+                f"{where}: outputs {list(comfy.outputs)} must be the first outputs of the node, in order ({ours})"
+            )
+    names = [theirs for _, theirs in comfy_inputs(spec, comfy)]
+    for field_name, listed in (("optional", comfy.optional or ()), ("input_order", comfy.input_order),
+                               ("options", comfy.options), ("choices", comfy.choices)):
+        unknown = [name for name in listed if name not in names]
+        if unknown:
+            raise NodeDeclarationError(f"{where}: {field_name} names unknown inputs {unknown}; it has {names}")
+    for name in comfy.optional or ():
+        inp = spec.input(comfy.our_name(name))
+        assert inp is not None
+        if inp.required:  # the editor would let it be left empty, and graphrun refuse the prompt
+            raise NodeDeclarationError(f"{where}: optional names {name!r}, which graphrun requires")
+    widget_order = [comfy.comfy_name(i.name) for i in _widget_inputs(spec, comfy)]
+    optional_widgets = [name for name in widget_order if name in (comfy.optional or ())]
+    if optional_widgets != widget_order[len(widget_order) - len(optional_widgets):]:
+        # the editor puts optional widgets after the required ones; the importer reads the widget order
+        raise NodeDeclarationError(f"{where}: optional widgets {optional_widgets} must come last in the widget "
+                                   f"order {widget_order}")
+    for name, options in comfy.options.items():
+        extra = sorted(set(options) - EDITOR_OPTIONS)
+        if extra:
+            raise NodeDeclarationError(f"{where}: options for {name!r} may only set {sorted(EDITOR_OPTIONS)}, "
+                                       f"not {extra}")
+    for name, values in comfy.choices.items():
+        inp = spec.input(comfy.our_name(name))
+        assert inp is not None
+        if inp.type_name != "STRING" or not values:
+            raise NodeDeclarationError(f"{where}: choices for {name!r} need a text input and at least one value "
+                                       "(a fixed set graphrun checks is a Literal[...] annotation)")
+        if inp.default is not REQUIRED and inp.default not in values:
+            raise NodeDeclarationError(f"{where}: choices for {name!r} lack its default {inp.default!r}")
+        if name in comfy.files or inp.name in comfy.files:
+            raise NodeDeclarationError(f"{where}: {name!r} has both files and choices; give one")
+
+
 def _widget_kind(inp: InputSpec) -> str:
     return inp.type_name if inp.type_name in WIDGET_KINDS else "STRING"
 
@@ -106,7 +171,7 @@ def comfy_node_spec(spec: NodeSpec, comfy: Comfy) -> ComfyNodeSpec:
         class_type=comfy.class_type,
         inputs=tuple(theirs for _, theirs in comfy_inputs(spec, comfy)),
         widgets=tuple(slots),
-        outputs=tuple(o.type_name for o in spec.outputs),
+        outputs=tuple(o.type_name for o in comfy_outputs(spec, comfy)),
     )
 
 

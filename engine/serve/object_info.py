@@ -7,7 +7,10 @@ the user set. One entry per class_type graphrun runs:
 
 * every ``Comfy(...)`` mapping of every registered node (built-ins and plugins), under the ComfyUI names: inputs
   renamed as the mapping says, graphrun-only inputs (those some mapping fixes) and ``fixed`` values left out,
-  widgets in the widget order of :func:`~graphrun.engine.comfy.specs.comfy_node_spec`;
+  widgets in the widget order of :func:`~graphrun.engine.comfy.specs.comfy_node_spec`; the mapping's facts about
+  ComfyUI's node where they are not graphrun's (``display_name``, ``category``, ``outputs``, ``optional``,
+  ``input_order``, editor-only widget ``options`` such as cfg's step 0.1, ``choices`` for a free-text input), so
+  the node library and the node boxes look like ComfyUI v0.18.1's;
 * graphrun node types with no ComfyUI counterpart (``LoadZImage``), under their own names: the importer takes
   them and graphrun's PNG workflows contain them;
 * the importer's shims: display-only nodes it skips, value nodes it folds, aliases it runs as another node
@@ -29,9 +32,9 @@ Torch-free and cheap: the editor asks at every page load.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
-from ..comfy.specs import ALIASES, ASPECT_RATIOS, DISPLAY_ONLY, FOLDED, comfy_inputs, comfy_node_spec
+from ..comfy.specs import ALIASES, ASPECT_RATIOS, DISPLAY_ONLY, FOLDED, comfy_inputs, comfy_node_spec, comfy_outputs
 from ..comfy.widgets import NOTE_TYPES, PRIMITIVE_NODE, REROUTE, WIDGET_KINDS, ComfyNodeSpec, WidgetSlot
 from ..node import REQUIRED, Comfy, InputSpec, NodeSpec, Registry
 
@@ -120,33 +123,41 @@ def _once_per_folder(files: FileLister) -> FileLister:
 
 
 def _mapped_entry(spec: NodeSpec, comfy: Comfy, files: FileLister) -> dict[str, Any]:
-    """The entry of a ``Comfy(...)`` mapping: ComfyUI names, widget order of ``comfy_node_spec``."""
+    """The entry of a ``Comfy(...)`` mapping: ComfyUI names, widget order of ``comfy_node_spec``, and what the
+    mapping says of ComfyUI's node (title, category, outputs, sections, input order, widget options)."""
     layout = comfy_node_spec(spec, comfy)
     slots = {slot.name: slot for slot in layout.widgets}
     widget_order = iter(layout.widget_names)
+    ours_of = {theirs: ours for ours, theirs in comfy_inputs(spec, comfy)}
+    places = [name for name in comfy.input_order if name in ours_of]
+    places += [name for name in ours_of if name not in places]
     required: dict[str, list[Any]] = {}
     optional: dict[str, list[Any]] = {}
-    # Sockets keep their declaration places; the widget places are filled in widget order, which an explicit
-    # ``widgets`` list may change (and which is what the editor indexes ``widgets_values`` by).
-    for ours, theirs in comfy_inputs(spec, comfy):
+    # Sockets take their places (ComfyUI's input order, else graphrun's declaration order); the widget places are
+    # filled in widget order, which an explicit ``widgets`` list may change (and which is what the editor indexes
+    # ``widgets_values`` by). check_mapping keeps optional widgets last, where the editor reads them.
+    for theirs in places:
         if theirs in slots:
             name = next(widget_order)
-            required[name] = _mapped_widget(spec, comfy, slots[name], files)
+            section = optional if comfy.optional is not None and name in comfy.optional else required
+            section[name] = _mapped_widget(spec, comfy, slots[name], files)
         else:
-            inp = spec.input(ours)
+            inp = spec.input(ours_of[theirs])
             assert inp is not None
-            (optional if inp.optional else required)[theirs] = _socket(inp.type_name, inp.description)
+            is_optional = inp.optional if comfy.optional is None else theirs in comfy.optional
+            (optional if is_optional else required)[theirs] = _socket(inp.type_name, inp.description)
     for name in widget_order:  # widgets of an explicit list that comfy_inputs did not place (none today)
         required[name] = _mapped_widget(spec, comfy, slots[name], files)
     return _info(
         name=comfy.class_type,
         required=required,
         optional=optional,
-        outputs=[(o.name, o.type_name) for o in spec.outputs],
-        category=spec.category,
+        outputs=[(o.name, o.type_name) for o in comfy_outputs(spec, comfy)],
+        category=comfy.category or spec.category,
         description=spec.summary,
         python_module=_python_module(spec),
         output_node=spec.output,
+        display_name=comfy.display_name,
     )
 
 
@@ -154,7 +165,10 @@ def _mapped_widget(spec: NodeSpec, comfy: Comfy, slot: WidgetSlot, files: FileLi
     inp = spec.input(comfy.our_name(slot.name))
     assert inp is not None
     folder = comfy.files.get(slot.name) or comfy.files.get(inp.name)
-    return _widget(inp, slot, None if folder is None else files(folder))
+    values = files(folder) if folder is not None else comfy.choices.get(slot.name)
+    widget = _widget(inp, slot, values)
+    widget[1].update(comfy.options.get(slot.name, {}))  # editor-only options (step, round, advanced)
+    return widget
 
 
 def _native_entry(spec: NodeSpec) -> dict[str, Any]:
@@ -216,8 +230,9 @@ def _bounds(inp: InputSpec, integer: bool) -> tuple[Any, Any]:
     return low, high
 
 
-def _widget(inp: InputSpec, slot: WidgetSlot, files: list[str] | None) -> list[Any]:
-    """``[TYPE, {options}]`` (``[[values...], {options}]`` for a combo) of one widget input."""
+def _widget(inp: InputSpec, slot: WidgetSlot, values: Sequence[Any] | None) -> list[Any]:
+    """``[TYPE, {options}]`` (``[[values...], {options}]`` for a combo, or for a text input offered as the given
+    ``values``: a folder's files, a mapping's choices) of one widget input."""
     options: dict[str, Any] = {}
     if inp.default is not REQUIRED:
         options["default"] = inp.default
@@ -227,8 +242,8 @@ def _widget(inp: InputSpec, slot: WidgetSlot, files: list[str] | None) -> list[A
         options["control_after_generate"] = True
     if slot.image_upload:
         options["image_upload"] = True
-    if files is not None:
-        return [list(files), options]
+    if values is not None:
+        return [list(values), options]
     if inp.type_name == "COMBO":
         return [list(inp.choices), options]
     if inp.type_name in ("INT", "FLOAT"):
