@@ -89,6 +89,18 @@ def _add_graph_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extra-model-paths", metavar="YAML", help="ComfyUI extra_model_paths.yaml")
 
 
+def _workers(text: str) -> tuple[int, int | None]:
+    """``--workers N`` (a fixed pool: (N, None)) or ``--workers MIN:MAX`` (a pool that grows and shrinks)."""
+    low, sep, high = text.partition(":")
+    try:
+        least, most = int(low), int(high) if sep else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of workers (4) or a range MIN:MAX (1:4)") from None
+    if least < 1 or (most is not None and most < least):
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1 worker, and MAX no less than MIN")
+    return least, most
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="graphrun",
@@ -119,8 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", metavar="ROWS", help="run once per row of a .jsonl, .csv or .txt file (one prompt a line)")
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS", help="run the batch on Ray (default: local)")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="Ray actors (each holds its models once)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G", help="GPUs per Ray actor")
+    p.add_argument(
+        "--batch-size", type=int, default=1, metavar="N",
+        help="batch rows run N at a time: shared work once, samplers and VAE decode on all N rows in one forward",
+    )
+    p.add_argument(
+        "--workers", type=_workers, default=(1, None), metavar="N|MIN:MAX",
+        help="Ray workers, each holding its models once: N, or a pool growing from MIN to MAX while rows wait",
+    )
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="G",
+                   help="GPUs per Ray worker; a fraction shares a GPU (0.5: two workers on each)")
+    p.add_argument("--cpus-per-worker", type=float, metavar="C",
+                   help="CPUs per Ray worker (default 1); torch runs that many threads in it")
+    p.add_argument("--max-retries", type=int, default=3, metavar="N",
+                   help="runs again of a Ray row whose worker died, before it is recorded failed (default 3)")
+    p.add_argument("--worker-start-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds to wait for Ray to place a worker before the batch fails (default 60)")
+    p.add_argument("--no-shared-out", dest="shared_out", action="store_false",
+                   help="Ray workers send files through the driver even when they can reach --out")
     p.add_argument(
         "--redo", choices=["changed"],
         help="batch rows whose folders were made from different inputs: render them again into <id>~2/ (old kept)",
@@ -295,7 +323,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"--count {args.count}: give a number of runs, 1 or more")
     if args.count > 1 and args.batch:
         raise CliError("--count repeats a single run; a --batch runs once per row (give one or the other)")
-    for flag, given in (("--redo", args.redo), ("--seed-per-row", args.seed_per_row)):
+    for flag, given in (("--redo", args.redo), ("--seed-per-row", args.seed_per_row),
+                        ("--batch-size", args.batch_size != 1)):
         if given and not args.batch:
             raise CliError(f"{flag} applies to batches only; add --batch ROWS (or drop {flag})")
     registry = _registry(args)
@@ -325,8 +354,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .batch import BatchOptions, run_batch
 
         batch = BatchOptions(
-            rows=Path(args.batch), ray=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-            redo=args.redo, seed_from_row_id=args.seed_per_row,
+            rows=Path(args.batch), ray=args.ray, workers=args.workers[0], max_workers=args.workers[1],
+            gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+            max_retries=args.max_retries, start_timeout=args.worker_start_timeout, shared_out=args.shared_out,
+            redo=args.redo, seed_from_row_id=args.seed_per_row, batch_size=args.batch_size,
         )
         with _interrupt_on_sigint(runner.interrupt):
             return run_batch(doc, registry, runner, batch, overrides)

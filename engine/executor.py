@@ -4,6 +4,7 @@ keys, a Runner that keeps results across runs, freeing after last use, progress,
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import threading
 import time
@@ -11,8 +12,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import networkx as nx
 
 from .cache import DEFAULT_BUDGET, ResultCache
 from .context import Context, Interrupted, RunOptions, effective_comfy_version
@@ -44,12 +43,26 @@ class Plan:
 def make_plan(graph: BoundGraph) -> Plan:
     """Deterministic topological order (ties broken by document order) of the needed nodes."""
     needed = needed_nodes(graph.nodes)
-    g = nx.DiGraph()
+    # Kahn's algorithm with the ready nodes in a heap keyed by document position: the order
+    # networkx.lexicographical_topological_sort gives, without importing networkx (~0.15 s) at startup.
+    waiting = {node_id: len(graph.dependencies(node_id)) for node_id in needed}
+    feeds: dict[str, list[str]] = {node_id: [] for node_id in needed}
     for node_id in needed:
-        g.add_node(node_id)
         for src in graph.dependencies(node_id):
-            g.add_edge(src, node_id)
-    order = tuple(nx.lexicographical_topological_sort(g, key=lambda n: graph.nodes[n].order))
+            feeds[src].append(node_id)
+    ready = [(graph.nodes[node_id].order, node_id) for node_id, count in waiting.items() if count == 0]
+    heapq.heapify(ready)
+    planned: list[str] = []
+    while ready:
+        node_id = heapq.heappop(ready)[1]
+        planned.append(node_id)
+        for target in feeds[node_id]:
+            waiting[target] -= 1
+            if waiting[target] == 0:
+                heapq.heappush(ready, (graph.nodes[target].order, target))
+    if len(planned) != len(needed):  # validation rejects cycles; a hand-made BoundGraph may still have one
+        raise ValueError(f"the graph has a cycle through: {', '.join(sorted(n for n, c in waiting.items() if c))}")
+    order = tuple(planned)
     consumers = {node_id: 0 for node_id in order}
     for node_id in order:
         for src in graph.dependencies(node_id):
@@ -225,26 +238,10 @@ class Runner:
         index: int,
         total: int,
         result: RunResult,
+        options: RunOptions | None = None,
     ) -> tuple[Any, ...]:
         spec = node.spec
-        kwargs: dict[str, Any] = dict(node.literals)
-        for name, (src, out) in node.links.items():
-            src_spec = graph.nodes[src].spec
-            position = [o.name for o in src_spec.outputs].index(out)
-            kwargs[name] = values[src][position]
-        for ispec in spec.inputs:
-            if ispec.socket and ispec.name not in kwargs:
-                kwargs[ispec.name] = None  # optional socket left unconnected
-        if spec.context_param:
-            kwargs[spec.context_param] = Context(
-                node_id=node.id,
-                node_type=spec.name,
-                options=self.options,
-                emit=lambda kind, info: report(Event(kind, node.id, spec.name, index, total, info=info)),
-                stop=self._stop,
-                graph=graph,
-                shared=self.shared,
-            )
+        kwargs = self.node_kwargs(graph, node, values, report, index, total, options)
         report(Event("start", node.id, spec.name, index, total))
         started = time.perf_counter()
         try:
@@ -264,14 +261,50 @@ class Runner:
         report(Event("end", node.id, spec.name, index, total, seconds=seconds, info=info))
         if spec.output:
             result.outputs[node.id] = returned
-        if len(spec.outputs) == 0:
-            return ()
-        if len(spec.outputs) == 1:
-            return (returned,)
-        outputs = tuple(returned)
-        if len(outputs) != len(spec.outputs):
-            raise NodeFailed(
-                node.id, spec.name, TypeError(f"returned {len(outputs)} values, declared {len(spec.outputs)}")
+        return as_outputs(node, returned)
+
+    def node_kwargs(
+        self,
+        graph: BoundGraph,
+        node: BoundNode,
+        values: dict[str, tuple[Any, ...]],
+        report: Reporter,
+        index: int,
+        total: int,
+        options: RunOptions | None = None,
+    ) -> dict[str, Any]:
+        """The keyword arguments a node's function gets: literals, linked values and its Context."""
+        spec = node.spec
+        kwargs: dict[str, Any] = dict(node.literals)
+        for name, (src, out) in node.links.items():
+            src_spec = graph.nodes[src].spec
+            position = [o.name for o in src_spec.outputs].index(out)
+            kwargs[name] = values[src][position]
+        for ispec in spec.inputs:
+            if ispec.socket and ispec.name not in kwargs:
+                kwargs[ispec.name] = None  # optional socket left unconnected
+        if spec.context_param:
+            kwargs[spec.context_param] = Context(
+                node_id=node.id,
+                node_type=spec.name,
+                options=options or self.options,
+                emit=lambda kind, info: report(Event(kind, node.id, spec.name, index, total, info=info)),
+                stop=self._stop,
+                graph=graph,
+                shared=self.shared,
             )
-        return outputs
+        return kwargs
+
+
+def as_outputs(node: BoundNode, returned: Any) -> tuple[Any, ...]:
+    """A node function's return value as the tuple of its declared outputs."""
+    spec = node.spec
+    if len(spec.outputs) == 0:
+        return ()
+    if len(spec.outputs) == 1:
+        return (returned,)
+    outputs = tuple(returned)
+    if len(outputs) != len(spec.outputs):
+        raise NodeFailed(node.id, spec.name, TypeError(f"returned {len(outputs)} values, declared {len(spec.outputs)}"))
+    return outputs
 

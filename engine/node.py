@@ -116,6 +116,15 @@ class Comfy:
     widgets after which the UI stores an extra "control after generate" value. ``files`` names, per
     input, the ComfyUI folder whose file names it takes (``{"unet_name": "diffusion_models"}``; ``"input"``
     for images uploaded to the server): ``graphrun serve`` offers those files as the input's choices.
+
+    What ComfyUI's editor shows of the node (``graphrun serve``'s ``/object_info``), where it is not graphrun's:
+    ``display_name`` and ``category`` (ComfyUI's title and node library folder; empty: the class_type and the
+    node's category); ``outputs``, the graphrun outputs the ComfyUI node has (a leading part of the node's
+    outputs, so output slots number the same on both sides; None: all); ``optional``, the ComfyUI inputs in
+    ComfyUI's optional section (None: graphrun's optional sockets); ``input_order``, ComfyUI's order of the
+    inputs, which places the sockets among the widgets (widgets keep the widget order); ``options``, widget
+    options that only change the editor (``step``, ``round``, ``advanced``); ``choices``, the values the editor
+    offers for a text input graphrun takes as free text. ComfyUI names throughout.
     """
 
     class_type: str
@@ -126,6 +135,13 @@ class Comfy:
     image_upload: tuple[str, ...] = ()
     dynamic_prompts: tuple[str, ...] = ()
     files: dict[str, str] = field(default_factory=dict)  # ComfyUI input name -> ComfyUI folder name
+    display_name: str = ""
+    category: str = ""
+    outputs: tuple[str, ...] | None = None  # graphrun output names
+    optional: tuple[str, ...] | None = None
+    input_order: tuple[str, ...] = ()
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # ComfyUI input name -> widget options
+    choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # ComfyUI input name -> offered values
 
     def comfy_name(self, ours: str) -> str:
         return self.inputs.get(ours, ours)
@@ -173,6 +189,7 @@ class NodeSpec:
     context_param: str | None = None  # the parameter that receives the run Context
     check: Callable[[dict[str, Any], "CheckEnv"], list["Problem"]] | None = None  # cheap pre-run checks
     origin: str = ""
+    batch: Callable[[list[dict[str, Any]]], list[Any]] | None = None  # several rows in one call (see node())
 
     def input(self, name: str) -> InputSpec | None:
         for spec in self.inputs:
@@ -330,6 +347,7 @@ def node(
     cacheable: bool | None = None,
     keep: bool = False,
     check: Callable[[dict[str, Any], CheckEnv], list[Problem]] | None = None,
+    batch: Callable[[list[dict[str, Any]]], list[Any]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a node type. See the module docstring for the conventions.
 
@@ -339,7 +357,10 @@ def node(
     runs regardless of the byte budget (model loaders). ``version`` enters the cache key: bump
     it when the node's behaviour changes. ``check(literals, env)`` runs during validation and
     returns :class:`Problem` records (e.g. a missing file), so they are reported before anything
-    heavy runs.
+    heavy runs. ``batch(calls)`` makes the node batchable: given the keyword arguments of several
+    rows of a batch (one dict per row, as the node function would get them), it returns each row's
+    result, computed together (one forward for all rows); it may raise ValueError when these rows
+    cannot go together (the engine then runs them one by one).
     """
     comfys = comfy if isinstance(comfy, tuple) else (comfy,)
     comfy_specs = tuple(Comfy(c) if isinstance(c, str) else c for c in comfys)
@@ -377,6 +398,7 @@ def node(
             comfy=comfy_specs,
             context_param=context_param,
             check=check,
+            batch=batch,
             origin=f"{fn.__module__}.{fn.__qualname__}",
         )
         for comfy_spec in comfy_specs:
@@ -388,6 +410,11 @@ def node(
                     raise NodeDeclarationError(
                         f"{name}: comfy mapping {comfy_spec.class_type!r} lists files for unknown input {theirs!r}"
                     )
+        if comfy_specs:
+            from .comfy.specs import check_mapping  # here, not at the top: specs imports this module
+
+            for comfy_spec in comfy_specs:
+                check_mapping(spec, comfy_spec)
         fn.__graphrun_node__ = spec  # type: ignore[attr-defined]
         return fn
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -36,10 +36,18 @@ def _check_embeddings(literals: dict, env: CheckEnv) -> list[Problem]:
     return problems
 
 
+def _encode_rows(calls: list[dict[str, Any]]) -> list[Any]:
+    """Batch rows encode their prompts one by one, each exactly as alone (no padding to a common
+    length); the group form only keeps the rows together."""
+    return [text_encode(**call) for call in calls]
+
+
 @node(
     "TextEncode",
     category="conditioning",
-    comfy=Comfy("CLIPTextEncode", dynamic_prompts=("text",)),
+    batch=_encode_rows,
+    comfy=Comfy("CLIPTextEncode", dynamic_prompts=("text",), display_name="CLIP Text Encode (Prompt)",
+                input_order=("text", "clip")),
     version=2,  # 2: embedding: words, ComfyUI's escapes, the clip's LoRAs
     check=_check_embeddings,
 )
@@ -73,7 +81,11 @@ def text_encode(ctx: Context, clip: Clip, text: Annotated[str, Field(description
     return ConditioningValue.from_tensor(cond)
 
 
-@node("ConditioningZeroOut", category="conditioning", comfy=Comfy("ConditioningZeroOut"))
+@node(
+    "ConditioningZeroOut",
+    category="conditioning",
+    comfy=Comfy("ConditioningZeroOut", category="advanced/conditioning"),
+)
 def conditioning_zero_out(conditioning: Conditioning) -> Conditioning:
     """Zeros of the same shape as each conditioning tensor (the Z-Image Turbo template's negative)."""
     return conditioning.zero_out()

@@ -169,7 +169,7 @@ def _resolve_input(ctx: Context, name: str) -> Path:
 @node(
     "LoadImage",
     category="image",
-    comfy=Comfy("LoadImage", image_upload=("image",), files={"image": "input"}),
+    comfy=Comfy("LoadImage", image_upload=("image",), files={"image": "input"}, display_name="Load Image"),
     check=_check_image,
 )
 def load_image(ctx: Context, image: Annotated[str, Field(description="image file path")]) -> LoadedImage:
@@ -556,7 +556,8 @@ def _metadata(ctx: Context) -> Any:
     "SaveImage",
     category="image",
     output=True,
-    comfy=Comfy("SaveImage", inputs={"images": "images", "filename_prefix": "filename_prefix"}),
+    comfy=Comfy("SaveImage", inputs={"images": "images", "filename_prefix": "filename_prefix"},
+                display_name="Save Image"),
     check=_check_save,
 )
 def save_image(
@@ -588,7 +589,13 @@ def save_image(
     return written
 
 
-@node("PreviewImage", category="image", output=True, comfy=Comfy("PreviewImage"), check=_check_preview)
+@node(
+    "PreviewImage",
+    category="image",
+    output=True,
+    comfy=Comfy("PreviewImage", display_name="Preview Image"),
+    check=_check_preview,
+)
 def preview_image(ctx: Context, images: Image) -> list[Path]:
     """Save images to a temporary preview folder (`<out>/.preview`), not the outputs."""
     folder = ctx.output_dir / ".preview"

@@ -32,8 +32,9 @@ class LatentValue:
     "EmptyLatent",
     category="latent",
     comfy=(
-        Comfy("EmptySD3LatentImage"),
-        Comfy("EmptyLatentImage", fixed={"channels": 4}),
+        Comfy("EmptySD3LatentImage", category="latent/sd3", options={"width": {"step": 16}, "height": {"step": 16}}),
+        Comfy("EmptyLatentImage", fixed={"channels": 4}, display_name="Empty Latent Image",
+              options={"width": {"step": 8}, "height": {"step": 8}}),
     ),
 )
 def empty_latent(
@@ -54,7 +55,36 @@ def empty_latent(
     return LatentValue(torch.zeros([batch_size, channels, height // 8, width // 8], dtype=torch.float32))
 
 
-@node("LatentUpscale", category="latent", comfy=Comfy("LatentUpscale", inputs={"latent": "samples", "method": "upscale_method"}))
+def _latent_upscale_rows(calls: list[dict[str, Any]]) -> list[LatentValue]:
+    from . import rows
+    from .resample import latent_upscale as resize
+
+    rows.same(calls, "method", "width", "height", "crop")
+    rows.no_batch_index(calls)
+    stacked, sizes = rows.stack([c["latent"].samples for c in calls])
+    first = calls[0]
+    resized = resize(stacked, first["method"], first["width"], first["height"], first["crop"])
+    return [LatentValue(part) for part in rows.split(resized, sizes)]
+
+
+def _latent_upscale_by_rows(calls: list[dict[str, Any]]) -> list[LatentValue]:
+    from . import rows
+    from .resample import latent_upscale_by as resize
+
+    rows.same(calls, "method", "scale_by")
+    rows.no_batch_index(calls)
+    stacked, sizes = rows.stack([c["latent"].samples for c in calls])
+    resized = resize(stacked, calls[0]["method"], calls[0]["scale_by"])
+    return [LatentValue(part) for part in rows.split(resized, sizes)]
+
+
+@node(
+    "LatentUpscale",
+    category="latent",
+    batch=_latent_upscale_rows,
+    comfy=Comfy("LatentUpscale", inputs={"latent": "samples", "method": "upscale_method"},
+                display_name="Upscale Latent", options={"width": {"step": 8}, "height": {"step": 8}}),
+)
 def latent_upscale(
     latent: Latent,
     method: UpscaleMethod = "nearest-exact",
@@ -74,7 +104,9 @@ def latent_upscale(
 @node(
     "LatentUpscaleBy",
     category="latent",
-    comfy=Comfy("LatentUpscaleBy", inputs={"latent": "samples", "method": "upscale_method"}),
+    batch=_latent_upscale_by_rows,
+    comfy=Comfy("LatentUpscaleBy", inputs={"latent": "samples", "method": "upscale_method"},
+                display_name="Upscale Latent By"),
 )
 def latent_upscale_by(
     latent: Latent,

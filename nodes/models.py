@@ -146,6 +146,14 @@ def file_check(input_name: str, kind: str, allow_pickle: bool = False):
     return check
 
 
+#: The CLIPLoader types the editor offers: ComfyUI v0.18.1's list but flux2. For a Qwen3-4B file ComfyUI builds
+#: the Z-Image encoder, as graphrun does, for every type but flux2 (then the Flux.2 Klein encoder).
+CLIP_TYPES: tuple[str, ...] = (
+    "stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos", "lumina2", "wan",
+    "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "ovis", "longcat_image",
+)
+
+
 def _check_text_encoder(literals: dict[str, Any], env: CheckEnv) -> list[Problem]:
     """The text encoder file, and a GRAPHRUN_TOKENIZER that names no tokenizer."""
     problems = file_check("name", "text_encoders")(literals, env)
@@ -202,7 +210,9 @@ def load_zimage(
     "LoadDiffusionModel",
     category="loaders",
     keep=True,
-    comfy=Comfy("UNETLoader", inputs={"name": "unet_name"}, files={"unet_name": "diffusion_models"}),
+    comfy=Comfy("UNETLoader", inputs={"name": "unet_name"}, files={"unet_name": "diffusion_models"},
+                display_name="Load Diffusion Model", category="advanced/loaders",
+                options={"weight_dtype": {"advanced": True}}),
     check=file_check("name", "diffusion_models"),
 )
 def load_diffusion_model(
@@ -239,7 +249,9 @@ def load_diffusion_model(
     "LoadTextEncoder",
     category="loaders",
     keep=True,
-    comfy=Comfy("CLIPLoader", inputs={"name": "clip_name", "clip_type": "type"}, files={"clip_name": "text_encoders"}),
+    comfy=Comfy("CLIPLoader", inputs={"name": "clip_name", "clip_type": "type"}, files={"clip_name": "text_encoders"},
+                display_name="Load CLIP", category="advanced/loaders", choices={"type": CLIP_TYPES},
+                optional=("device",), options={"device": {"advanced": True}}),
     check=_check_text_encoder,
 )
 def load_text_encoder(
@@ -273,7 +285,7 @@ def load_text_encoder(
     "LoadVAE",
     category="loaders",
     keep=True,
-    comfy=Comfy("VAELoader", inputs={"name": "vae_name"}, files={"vae_name": "vae"}),
+    comfy=Comfy("VAELoader", inputs={"name": "vae_name"}, files={"vae_name": "vae"}, display_name="Load VAE"),
     check=file_check("name", "vae"),
 )
 def load_vae(
@@ -310,8 +322,11 @@ def resolve_lora(ctx: Context, name: str) -> Path:
     category="loaders",
     comfy=(
         Comfy("LoraLoaderModelOnly", inputs={"name": "lora_name"}, widgets=("lora_name", "strength_model"),
-              files={"lora_name": "loras"}),
-        Comfy("LoraLoader", inputs={"name": "lora_name"}, files={"lora_name": "loras"}),
+              files={"lora_name": "loras"}, display_name="Load LoRA", outputs=("model",)),
+        # ComfyUI's LoraLoader requires its clip; graphrun also runs it without one
+        Comfy("LoraLoader", inputs={"name": "lora_name"}, files={"lora_name": "loras"},
+              display_name="Load LoRA (Model and CLIP)", optional=(),
+              input_order=("model", "clip", "lora_name", "strength_model", "strength_clip")),
     ),
     check=file_check("name", "loras"),
     version=2,  # 2: ComfyUI v0.18.1's key table, LoRA on the text encoder
@@ -358,7 +373,10 @@ def load_lora(
 @node(
     "ModelSampling",
     category="model",
-    comfy=(Comfy("ModelSamplingAuraFlow"), Comfy("ModelSamplingSD3")),
+    comfy=(
+        Comfy("ModelSamplingAuraFlow", category="advanced/model"),
+        Comfy("ModelSamplingSD3", category="advanced/model"),
+    ),
 )
 def model_sampling(
     model: Model,

@@ -28,6 +28,9 @@ Seed = Annotated[int, Field(ge=0, le=2**64 - 1, description="noise seed")]
 Steps = Annotated[int, Field(ge=1, le=10_000)]
 Cfg = Annotated[float, Field(ge=0.0, le=100.0, description="classifier-free guidance; 1 skips the negative")]
 Denoise = Annotated[float, Field(ge=0.0, le=1.0, description="< 1 runs `steps` steps on the tail of a longer schedule")]
+#: How ComfyUI's editor steps a cfg widget (0.1 a click, values rounded to 0.01); graphrun takes any cfg in range.
+CFG_WIDGET = {"step": 0.1, "round": 0.01}
+ADVANCED = {"advanced": True}  # a widget ComfyUI's editor shows only with the node's advanced inputs
 
 
 def cpu_seed_offset(comfy_version: str) -> int:
@@ -40,13 +43,35 @@ def _progress(ctx: Context):
     return lambda info: ctx.progress(info.i + 1, info.total)
 
 
+def _sampler_rows(calls: list[dict[str, Any]]) -> list[LatentValue]:
+    """KSampler on several rows at once: each row's seed, prompts and latent; shared model and settings."""
+    from . import rows
+    from .sampling.pipeline import ksampler_rows
+
+    rows.same(calls, "model", "steps", "cfg", "sampler", "scheduler", "denoise")
+    rows.no_batch_index(calls)
+    first, ctx = calls[0], calls[0]["ctx"]
+    with first["model"].ready() as denoiser:
+        samples = ksampler_rows(
+            denoiser, [c["seed"] for c in calls], first["steps"], first["cfg"], first["sampler"], first["scheduler"],
+            [c["positive"] for c in calls], [c["negative"] for c in calls], [c["latent"].samples for c in calls],
+            first["denoise"], callback=_progress(ctx), cpu_seed_offset=cpu_seed_offset(ctx.comfy_version),
+        )
+    return [LatentValue(sample) for sample in samples]
+
+
 @node(
     "Sampler",
     category="sampling",
+    batch=_sampler_rows,
     comfy=Comfy(
         "KSampler",
         inputs={"latent": "latent_image", "sampler": "sampler_name"},
         control_after_generate=("seed",),
+        display_name="KSampler",
+        input_order=("model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
+                     "latent_image", "denoise"),
+        options={"cfg": CFG_WIDGET},
     ),
 )
 def sampler(
@@ -87,6 +112,11 @@ def sampler(
         "KSamplerAdvanced",
         inputs={"latent": "latent_image", "sampler": "sampler_name"},
         control_after_generate=("noise_seed",),
+        display_name="KSampler (Advanced)",
+        input_order=("model", "add_noise", "noise_seed", "steps", "cfg", "sampler_name", "scheduler", "positive",
+                     "negative", "latent_image", "start_at_step", "end_at_step", "return_with_leftover_noise"),
+        options={"cfg": CFG_WIDGET, "add_noise": ADVANCED, "start_at_step": ADVANCED, "end_at_step": ADVANCED,
+                 "return_with_leftover_noise": ADVANCED},
     ),
 )
 def sampler_advanced(
@@ -154,10 +184,49 @@ def _sample_with_guider(ctx: Context, guider: GuiderValue, noise: Any, sampler: 
     return SampledLatents(LatentValue(output, latent.batch_index), LatentValue(denoised, latent.batch_index))
 
 
+def _guided_rows(calls: list[dict[str, Any]], guiders: list[GuiderValue], noises: list[Any]) -> list[SampledLatents]:
+    from . import rows
+    from .sampling.pipeline import sample_custom_rows
+
+    rows.same(calls, "sampler", "sigmas")
+    rows.no_batch_index(calls)
+    first = guiders[0]
+    if any(g.model is not first.model or g.cfg != first.cfg or (g.negative is None) != (first.negative is None)
+           for g in guiders):
+        raise ValueError("rows differ in their guider's model, cfg or negative")
+    ctx = calls[0]["ctx"]
+    with first.model.ready() as denoiser:
+        sampled = sample_custom_rows(
+            denoiser, noises, calls[0]["sampler"], calls[0]["sigmas"], [c["latent"].samples for c in calls],
+            [g.positive for g in guiders], None if first.negative is None else [g.negative for g in guiders],
+            first.cfg, callback=_progress(ctx), cpu_seed_offset=cpu_seed_offset(ctx.comfy_version),
+        )
+    return [SampledLatents(LatentValue(out), LatentValue(denoised)) for out, denoised in sampled]
+
+
+def _sampler_custom_rows(calls: list[dict[str, Any]]) -> list[SampledLatents]:
+    from .sampling.noise import DisableNoise, RandomNoise
+
+    guiders = [GuiderValue(c["model"], c["positive"], c["negative"], c["cfg"]) for c in calls]
+    noises = [RandomNoise(c["noise_seed"]) if c["add_noise"] else DisableNoise(c["noise_seed"]) for c in calls]
+    return _guided_rows(calls, guiders, noises)
+
+
+def _sampler_custom_advanced_rows(calls: list[dict[str, Any]]) -> list[SampledLatents]:
+    return _guided_rows(calls, [c["guider"] for c in calls], [c["noise"] for c in calls])
+
+
 @node(
     "SamplerCustom",
     category="sampling/custom",
-    comfy=Comfy("SamplerCustom", inputs={"latent": "latent_image"}, control_after_generate=("noise_seed",)),
+    batch=_sampler_custom_rows,
+    comfy=Comfy(
+        "SamplerCustom", inputs={"latent": "latent_image"}, control_after_generate=("noise_seed",),
+        category="sampling/custom_sampling",
+        input_order=("model", "add_noise", "noise_seed", "cfg", "positive", "negative", "sampler", "sigmas",
+                     "latent_image"),
+        options={"cfg": CFG_WIDGET, "add_noise": ADVANCED},
+    ),
 )
 def sampler_custom(
     ctx: Context,
@@ -184,7 +253,8 @@ def sampler_custom(
 @node(
     "SamplerCustomAdvanced",
     category="sampling/custom",
-    comfy=Comfy("SamplerCustomAdvanced", inputs={"latent": "latent_image"}),
+    batch=_sampler_custom_advanced_rows,
+    comfy=Comfy("SamplerCustomAdvanced", inputs={"latent": "latent_image"}, category="sampling/custom_sampling"),
 )
 def sampler_custom_advanced(
     ctx: Context, noise: Noise, guider: Guider, sampler: Sampler, sigmas: Sigmas, latent: Latent
@@ -193,7 +263,11 @@ def sampler_custom_advanced(
     return _sample_with_guider(ctx, guider, noise, sampler, sigmas, latent)
 
 
-@node("KSamplerSelect", category="sampling/custom", comfy=Comfy("KSamplerSelect", inputs={"sampler": "sampler_name"}))
+@node(
+    "KSamplerSelect",
+    category="sampling/custom",
+    comfy=Comfy("KSamplerSelect", inputs={"sampler": "sampler_name"}, category="sampling/custom_sampling/samplers"),
+)
 def ksampler_select(sampler: SamplerName = "euler") -> Sampler:
     """A SAMPLER by name, with ComfyUI's default options."""
     from .sampling.samplers import get_sampler
@@ -201,7 +275,11 @@ def ksampler_select(sampler: SamplerName = "euler") -> Sampler:
     return get_sampler(sampler)
 
 
-@node("BasicScheduler", category="sampling/custom", comfy=Comfy("BasicScheduler"))
+@node(
+    "BasicScheduler",
+    category="sampling/custom",
+    comfy=Comfy("BasicScheduler", category="sampling/custom_sampling/schedulers"),
+)
 def basic_scheduler(
     model: Model, scheduler: SchedulerName = "simple", steps: Steps = 20, denoise: Denoise = 1.0
 ) -> Sigmas:
@@ -214,7 +292,7 @@ def basic_scheduler(
 @node(
     "RandomNoise",
     category="sampling/custom",
-    comfy=Comfy("RandomNoise", control_after_generate=("noise_seed",)),
+    comfy=Comfy("RandomNoise", control_after_generate=("noise_seed",), category="sampling/custom_sampling/noise"),
 )
 def random_noise(noise_seed: Seed = 0) -> Noise:
     """Seeded initial noise, drawn on the CPU exactly as ComfyUI does."""
@@ -223,7 +301,11 @@ def random_noise(noise_seed: Seed = 0) -> Noise:
     return RandomNoise(noise_seed)
 
 
-@node("DisableNoise", category="sampling/custom", comfy=Comfy("DisableNoise"))
+@node(
+    "DisableNoise",
+    category="sampling/custom",
+    comfy=Comfy("DisableNoise", category="sampling/custom_sampling/noise"),
+)
 def disable_noise() -> Noise:
     """No initial noise (continue from a latent that still carries noise)."""
     from .sampling.noise import DisableNoise
@@ -231,13 +313,21 @@ def disable_noise() -> Noise:
     return DisableNoise()
 
 
-@node("CFGGuider", category="sampling/custom", comfy=Comfy("CFGGuider"))
+@node(
+    "CFGGuider",
+    category="sampling/custom",
+    comfy=Comfy("CFGGuider", category="sampling/custom_sampling/guiders", options={"cfg": CFG_WIDGET}),
+)
 def cfg_guider(model: Model, positive: Conditioning, negative: Conditioning, cfg: Cfg = 8.0) -> Guider:
     """Classifier-free guidance: D = D_neg + (D_pos - D_neg) * cfg (cfg 1: positive only)."""
     return GuiderValue(model, positive, negative, cfg)
 
 
-@node("BasicGuider", category="sampling/custom", comfy=Comfy("BasicGuider"))
+@node(
+    "BasicGuider",
+    category="sampling/custom",
+    comfy=Comfy("BasicGuider", category="sampling/custom_sampling/guiders"),
+)
 def basic_guider(model: Model, conditioning: Conditioning) -> Guider:
     """Guidance from one conditioning only (no negative)."""
     return GuiderValue(model, conditioning)
@@ -248,13 +338,17 @@ class SplitSigmasOutputs(NamedTuple):
     low_sigmas: Sigmas
 
 
-@node("SplitSigmas", category="sampling/custom", comfy=Comfy("SplitSigmas"))
+@node("SplitSigmas", category="sampling/custom", comfy=Comfy("SplitSigmas", category="sampling/custom_sampling/sigmas"))
 def split_sigmas(sigmas: Sigmas, step: Annotated[int, Field(ge=0, le=10_000)] = 0) -> SplitSigmasOutputs:
     """Split a schedule at `step`: (sigmas[:step+1], sigmas[step:]) — the shared sigma is in both."""
     return SplitSigmasOutputs(sigmas[: step + 1], sigmas[step:])
 
 
-@node("SplitSigmasDenoise", category="sampling/custom", comfy=Comfy("SplitSigmasDenoise"))
+@node(
+    "SplitSigmasDenoise",
+    category="sampling/custom",
+    comfy=Comfy("SplitSigmasDenoise", category="sampling/custom_sampling/sigmas"),
+)
 def split_sigmas_denoise(sigmas: Sigmas, denoise: Denoise = 1.0) -> SplitSigmasOutputs:
     """Split a schedule so the low part has round(steps * denoise) steps (ComfyUI SplitSigmasDenoise).
 
@@ -269,7 +363,7 @@ def split_sigmas_denoise(sigmas: Sigmas, denoise: Denoise = 1.0) -> SplitSigmasO
 _NUMBER = r"[-+]?(?:\d*\.*\d+)"
 
 
-@node("ManualSigmas", category="sampling/custom", comfy=Comfy("ManualSigmas"))
+@node("ManualSigmas", category="sampling/custom", comfy=Comfy("ManualSigmas", category="_for_testing/custom_sampling"))
 def manual_sigmas(
     sigmas: Annotated[str, Field(description="numbers separated by anything, e.g. '1, 0.8, 0.5, 0.2, 0'")] = "1, 0.5",
 ) -> Sigmas:
@@ -287,7 +381,11 @@ def manual_sigmas(
     return torch.tensor(values, dtype=torch.float32)
 
 
-@node("AddNoise", category="sampling/custom", comfy=Comfy("AddNoise", inputs={"latent": "latent_image"}))
+@node(
+    "AddNoise",
+    category="sampling/custom",
+    comfy=Comfy("AddNoise", inputs={"latent": "latent_image"}, category="_for_testing/custom_sampling/noise"),
+)
 def add_noise(model: Model, noise: Noise, sigmas: Sigmas, latent: Latent) -> Latent:
     """Add noise to a latent for the noise level of a schedule (ComfyUI AddNoise).
 

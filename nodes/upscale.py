@@ -27,7 +27,7 @@ MAX_RESOLUTION = 16384
 _METHOD = {"method": "upscale_method"}
 
 
-@node("ImageScale", category="image/upscaling", comfy=Comfy("ImageScale", inputs=_METHOD))
+@node("ImageScale", category="image/upscaling", comfy=Comfy("ImageScale", inputs=_METHOD, display_name="Upscale Image"))
 def image_scale(
     image: Image,
     method: ImageMethod = "nearest-exact",
@@ -46,7 +46,11 @@ def image_scale(
     return image_upscale(image, method, width, height, crop)
 
 
-@node("ImageScaleBy", category="image/upscaling", comfy=Comfy("ImageScaleBy", inputs=_METHOD))
+@node(
+    "ImageScaleBy",
+    category="image/upscaling",
+    comfy=Comfy("ImageScaleBy", inputs=_METHOD, display_name="Upscale Image By"),
+)
 def image_scale_by(
     image: Image,
     method: ImageMethod = "nearest-exact",
@@ -71,7 +75,8 @@ def total_pixels_size(width: int, height: int, megapixels: float, resolution_ste
 @node(
     "ImageScaleToTotalPixels",
     category="image/upscaling",
-    comfy=Comfy("ImageScaleToTotalPixels", inputs=_METHOD),
+    comfy=Comfy("ImageScaleToTotalPixels", inputs=_METHOD, display_name="Scale Image to Total Pixels",
+                options={"resolution_steps": {"advanced": True}}),
 )
 def image_scale_to_total_pixels(
     image: Image,
@@ -134,7 +139,7 @@ class ImageSize(NamedTuple):
     batch_size: int
 
 
-@node("GetImageSize", category="image", comfy=Comfy("GetImageSize"))
+@node("GetImageSize", category="image", comfy=Comfy("GetImageSize", display_name="Get Image Size"))
 def get_image_size(image: Image) -> ImageSize:
     """The width, height and batch size of an IMAGE (ComfyUI GetImageSize)."""
     return ImageSize(int(image.shape[2]), int(image.shape[1]), int(image.shape[0]))
@@ -144,7 +149,8 @@ def get_image_size(image: Image) -> ImageSize:
     "LoadUpscaleModel",
     category="loaders",
     keep=True,
-    comfy=Comfy("UpscaleModelLoader", inputs={"name": "model_name"}, files={"model_name": "upscale_models"}),
+    comfy=Comfy("UpscaleModelLoader", inputs={"name": "model_name"}, files={"model_name": "upscale_models"},
+                display_name="Load Upscale Model"),
     # .pth upscalers are read with torch's restricted weights-only loader (see read_state_dict).
     check=file_check("name", "upscale_models", allow_pickle=True),
 )
@@ -177,7 +183,7 @@ def load_upscale_model(
 @node(
     "ImageUpscaleWithModel",
     category="image/upscaling",
-    comfy=Comfy("ImageUpscaleWithModel"),
+    comfy=Comfy("ImageUpscaleWithModel", display_name="Upscale Image (using Model)"),
 )
 def image_upscale_with_model(ctx: Context, upscale_model: UpscaleModel, image: Image) -> Image:
     """Upscale images with a super-resolution model (ComfyUI ImageUpscaleWithModel).

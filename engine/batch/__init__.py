@@ -142,6 +142,7 @@ def batch(
     plugins: Iterable[Union[str, Path]] = (),
     redo: Redo | None = None,
     seed_from_row_id: bool = False,
+    batch_size: int = 1,
 ) -> BatchResult:
     """Run ``graph`` once per row and return every row's result.
 
@@ -153,7 +154,8 @@ def batch(
     ``out_dir/<id>/`` and ``out_dir/manifest.jsonl`` (see the module docs). ``redo="changed"``
     renders rows whose folders were made from different inputs into new folders ``<id>~N``
     (without it they raise :class:`ChangedRows`); ``seed_from_row_id`` derives each row's seed
-    from its id (:func:`row_seed`).
+    from its id (:func:`row_seed`). ``batch_size`` runs rows N at a time, batchable nodes on the whole group
+    in one call (see :class:`BatchOptions`).
 
     Ctrl-C (in the main thread) stops the batch cleanly and returns with ``interrupted=True``;
     ``result.exit_code`` is what the CLI would exit with. Raises :class:`BatchError` when the
@@ -174,6 +176,7 @@ def batch(
         progress=progress,
         redo=redo,
         seed_from_row_id=seed_from_row_id,
+        batch_size=batch_size,
     )
     return execute(graph.document, graph.registry, use, options, dict(params or {}), Path(out_dir), progress)
 

@@ -63,16 +63,19 @@ def execute(
         progress = RowProgress(mode, len(rows) - skipped, stream)
         stop = threading.Event()
         guard = SigintStop(stop, runner.interrupt, stream)
+        results: list[RowResult] = []
+        result = BatchResult(results, out_dir)
+        writer = _ManifestWriter(manifest, result, out_dir, stream)
         if options.ray:
             from .ray_executor import ray_executor
 
             guard.eager = True
-            executor = ray_executor(document, registry, runner.options, options, guard)
-        else:
-            executor = local_executor(runner, document, registry, stop, progress.node_reporter())
-        results: list[RowResult] = []
-        result = BatchResult(results, out_dir)
-        writer = _ManifestWriter(manifest, result, out_dir, stream)
+            run = ray_executor(document, registry, runner.options, options, guard)
+            with guard:
+                _run_unordered(rows, plan, run, result, writer, progress, guard, stop)
+            progress.close(result)
+            return result
+        executor = local_executor(runner, document, registry, stop, progress.node_reporter(), options.batch_size)
         pending = iter(jobs)
         outcomes: Iterator[Outcome] | None = None
         current: Job | None = None
@@ -104,14 +107,7 @@ def execute(
                         result.interrupted = True
                         break
                     guard.committing = True
-                    try:
-                        done = commit(current, outcome, out_dir)
-                    except OSError as exc:  # a full disk, a quota, a vanished folder: this row fails
-                        done = RowResult(
-                            row.index, row.id, "failed", current.resolved, seconds=outcome.seconds,
-                            error=f"cannot write the row folder {out_dir / current.folder}: {_os_text(exc)}",
-                        )
-                    done.seed_source = current.seed_source
+                    done = _commit(current, outcome, out_dir)
                     writer.append(done)
                     guard.committing = False
                     current = None
@@ -134,6 +130,86 @@ def execute(
         result.interrupted = result.interrupted or stop.is_set() and len(results) < len(rows)
         progress.close(result)
     return result
+
+
+def _run_unordered(
+    rows: list[BatchRow],
+    plan: "_Plan",
+    run: Any,
+    result: BatchResult,
+    writer: "_ManifestWriter",
+    progress: RowProgress,
+    guard: SigintStop,
+    stop: threading.Event,
+) -> None:
+    """Ray: start the pool (a cluster that cannot hold it raises BatchError before any manifest
+    line), record the rows that need no run, then commit each row as it finishes, in completion
+    order: the manifest lists run rows in that order, ``result.rows`` ends in row order."""
+    out_dir = result.out_dir
+    uncommitted = {id(job): job for job in plan.jobs}
+    outcomes = None
+    try:
+        if plan.jobs:
+            try:
+                outcomes = run(plan.jobs)
+            except (BatchError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                raise BatchAborted(f"the batch stopped: {short_error(exc)}", result) from exc
+        for row in rows:
+            done = plan.decided.get(row.index)
+            if done is not None:
+                result.rows.append(done)
+                writer.append(done)
+                if done.status != "skipped":
+                    progress.row(done)
+        while outcomes is not None and not stop.is_set():
+            try:
+                item = next(outcomes, None)
+            except (BatchError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # run_row never raises: this is Ray, not a row
+                raise BatchAborted(f"the batch stopped: {short_error(exc)}", result) from exc
+            if item is None:
+                break
+            job, outcome = item
+            if outcome.interrupted:
+                result.interrupted = True
+                break
+            guard.committing = True
+            done = _commit(job, outcome, out_dir)
+            writer.append(done)
+            uncommitted.pop(id(job), None)
+            guard.committing = False
+            result.rows.append(done)
+            progress.row(done)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        progress.close_bar()
+        if outcomes is not None:
+            outcomes.close()
+        for job in uncommitted.values():
+            discard(job.staging)  # rows that were running: absent, never half there
+        try:
+            (out_dir / STAGING).rmdir()
+        except OSError:
+            pass  # absent, or holding another row's leftovers
+        result.rows.sort(key=lambda r: r.index)
+    result.interrupted = result.interrupted or stop.is_set() and len(result.rows) < len(rows)
+
+
+def _commit(job: Job, outcome: Outcome, out_dir: Path) -> RowResult:
+    """Commit a finished row; a row folder the disk refuses (full, quota, vanished) fails the row."""
+    try:
+        done = commit(job, outcome, out_dir)
+    except OSError as exc:
+        done = RowResult(
+            job.row.index, job.row.id, "failed", job.resolved, seconds=outcome.seconds,
+            error=f"cannot write the row folder {out_dir / job.folder}: {_os_text(exc)}",
+        )
+    done.seed_source = job.seed_source
+    return done
 
 
 def _os_text(exc: OSError) -> str:
@@ -170,6 +246,17 @@ def _check_options(document: Document, options: BatchOptions, overrides: Mapping
         raise BatchError("--workers must be at least 1")
     if options.gpus_per_worker < 0:
         raise BatchError("--gpus-per-worker cannot be negative")
+    if options.cpus_per_worker is not None and options.cpus_per_worker < 0:
+        raise BatchError("--cpus-per-worker cannot be negative")
+    if options.max_workers is not None and options.max_workers < options.workers:
+        raise BatchError(f"--workers {options.workers}:{options.max_workers}: the most workers cannot be "
+                         "fewer than the least")
+    if options.max_retries < 0:
+        raise BatchError("--max-retries cannot be negative")
+    if not options.start_timeout > 0:
+        raise BatchError("--worker-start-timeout must be more than 0 seconds")
+    if not isinstance(options.batch_size, int) or isinstance(options.batch_size, bool) or options.batch_size < 1:
+        raise BatchError(f"--batch-size {options.batch_size!r}: give a whole number of rows, 1 or more")
     if options.redo is not None and options.redo not in REDO_CHOICES:
         raise BatchError(f"--redo {options.redo!r}: use --redo changed")
     if options.seed_from_row_id:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -80,6 +81,10 @@ def run_row(
         return Outcome(error=row_error_text(exc), seconds=time.perf_counter() - started)
     finally:
         runner.options = base
+    return Outcome(seconds=time.perf_counter() - started, reported=_reported(result, out_dir))
+
+
+def _reported(result: Any, out_dir: Path) -> list[str]:
     reported = []
     root = out_dir.resolve()
     for path in result.files:
@@ -87,7 +92,45 @@ def run_row(
             reported.append(Path(path).resolve().relative_to(root).as_posix())
         except ValueError:
             continue  # written outside the row folder: not part of the row's outputs
-    return Outcome(seconds=time.perf_counter() - started, reported=reported)
+    return reported
+
+
+def run_row_group(
+    runner: Runner,
+    document: Document,
+    registry: Registry,
+    rows: list[tuple[dict[str, Any], Path]],
+    reporter: Reporter | None = None,
+    notes: Any = None,
+) -> list[Outcome]:
+    """Run several rows (``(params, out_dir)`` each) together (see :mod:`graphrun.engine.batched`): one
+    Outcome per row, in order. A row that fails validation or a node fails alone; Ctrl-C interrupts all."""
+    from ..batched import run_rows
+
+    started = time.perf_counter()
+    outcomes: list[Outcome | None] = [None] * len(rows)
+    graphs, places = [], []
+    for i, (params, _) in enumerate(rows):
+        graph, diags = check(document, registry, params, check_env(document, runner.options))
+        if graph is None:
+            outcomes[i] = Outcome(error=diagnostics_text(diags))
+        else:
+            graphs.append(graph)
+            places.append(i)
+    options = [dataclasses.replace(runner.options, output_dir=rows[i][1]) for i in places]
+    try:
+        results = run_rows(runner, graphs, options, reporter=reporter, report=notes)
+    except Interrupted:
+        return [o if o is not None else Outcome(interrupted=True) for o in outcomes]
+    except Exception as exc:  # a bug in grouping: every row of the group says so, the batch goes on
+        return [o if o is not None else Outcome(error=row_error_text(exc)) for o in outcomes]
+    seconds = (time.perf_counter() - started) / max(len(rows), 1)
+    for i, result in zip(places, results):
+        if isinstance(result, Exception):
+            outcomes[i] = Outcome(error=row_error_text(result), seconds=seconds)
+        else:
+            outcomes[i] = Outcome(seconds=seconds, reported=_reported(result, rows[i][1]))
+    return [o for o in outcomes if o is not None]
 
 
 Executor = Callable[[list[Job]], Iterator[Outcome]]
@@ -96,11 +139,13 @@ It may stop early (Ctrl-C), by returning or by yielding an interrupted outcome."
 
 
 def local_executor(
-    runner: Runner, document: Document, registry: Registry, stop: threading.Event, reporter: Reporter
+    runner: Runner, document: Document, registry: Registry, stop: threading.Event, reporter: Reporter,
+    batch_size: int = 1,
 ) -> Executor:
-    """An executor running jobs one after another on ``runner`` in this process, until ``stop``."""
+    """An executor running jobs on ``runner`` in this process until ``stop``: one after another, or
+    ``batch_size`` at a time through :func:`run_row_group`."""
 
-    def outcomes(jobs: list[Job]) -> Iterator[Outcome]:
+    def one_by_one(jobs: list[Job]) -> Iterator[Outcome]:
         for job in jobs:
             if stop.is_set():
                 return
@@ -109,4 +154,26 @@ def local_executor(
                 continue
             yield run_row(runner, document, registry, job.params, job.staging, reporter)
 
-    return outcomes
+    def grouped(jobs: list[Job]) -> Iterator[Outcome]:
+        from ..batched import RowsReport
+
+        notes = RowsReport()
+        told = False
+        for start in range(0, len(jobs), batch_size):
+            if stop.is_set():
+                return
+            group = jobs[start:start + batch_size]
+            runnable = [job for job in group if job.error is None]
+            done = iter(run_row_group(runner, document, registry, [(j.params, j.staging) for j in runnable],
+                                      reporter, notes))
+            if notes.one_by_one and not told:
+                told = True
+                warnings.warn(f"--batch-size {batch_size}: node(s) {', '.join(notes.one_by_one)} have no batched "
+                              "form and run one row at a time (the rest of each group still runs together)")
+            for job in group:
+                outcome = Outcome(error=job.error) if job.error is not None else next(done)
+                yield outcome
+                if outcome.interrupted:
+                    return
+
+    return grouped if batch_size > 1 else one_by_one

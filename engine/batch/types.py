@@ -37,6 +37,17 @@ class BatchOptions:
     renders those rows again into new folders ``<id>~2``, ``<id>~3``, ... and keeps the old ones.
     ``seed_from_row_id``: each row without its own ``seed`` gets a seed derived from its row id
     (:func:`row_seed`) instead of the graph's ``seed`` default; the graph must have a ``seed`` param.
+    ``batch_size``: rows run together, N at a time (on each Ray worker too): what every row shares runs
+    once, batchable nodes (samplers, latent resizes, VAE decode) run the group in one call, the rest row
+    by row (see :mod:`graphrun.engine.batched`). Results, folders, manifest and failures stay per row.
+
+    Ray only (see :mod:`.ray_executor`): ``workers`` is the pool's size, or its least size when
+    ``max_workers`` is larger (the pool then grows while rows wait and the cluster has room, and
+    shrinks as the work runs out). ``max_retries``: how often a row whose worker died runs again
+    before it is recorded failed. ``start_timeout``: seconds to wait for Ray to place a worker
+    before the batch fails (a request no cluster node can hold fails at once). ``shared_out``:
+    workers that can read the output folder (checked with a probe file) write rows there
+    directly; False sends every file through the driver.
     """
 
     rows: Union[Path, Iterable[Union[Mapping[str, Any], str]]]
@@ -47,6 +58,11 @@ class BatchOptions:
     progress: ProgressMode | None = None  # None: follow the runner's reporter
     redo: Redo | None = None
     seed_from_row_id: bool = False
+    batch_size: int = 1
+    max_workers: int | None = None
+    max_retries: int = 3
+    start_timeout: float = 60.0
+    shared_out: bool = True
 
 
 @dataclass

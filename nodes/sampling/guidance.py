@@ -25,6 +25,7 @@ __all__ = [
     "Conditioning",
     "ConditioningEntry",
     "Denoiser",
+    "RowsConditioning",
     "Guider",
     "cfg_function",
 ]
@@ -112,6 +113,33 @@ class Conditioning:
         return len(self.entries)
 
 
+@dataclass(frozen=True, eq=False)
+class RowsConditioning:
+    """The conditionings of several batch rows sampled together: row k's (single-entry) conditioning
+    applies to the next ``sizes[k]`` items of the batch. Guiders evaluate every row in one forward,
+    each item with its own context (prompts of different token counts need no padding: the
+    denoiser takes one context per item)."""
+
+    rows: tuple[Conditioning, ...]
+    sizes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", tuple(self.rows))
+        object.__setattr__(self, "sizes", tuple(int(n) for n in self.sizes))
+        if len(self.rows) != len(self.sizes):
+            raise ValueError(f"{len(self.rows)} conditionings for {len(self.sizes)} rows")
+        if any(len(row.entries) != 1 for row in self.rows):
+            raise ValueError("rows with combined conditionings (several entries) are sampled one by one")
+
+    @property
+    def entries(self) -> tuple[ConditioningEntry, ...]:
+        return tuple(entry for row in self.rows for entry in row.entries)
+
+    def contexts(self) -> list[Tensor]:
+        """One ``[L, D]`` context per batch item."""
+        return [row.entries[0].tensor[0] for row, n in zip(self.rows, self.sizes) for _ in range(n)]
+
+
 def cfg_function(d_cond: Tensor, d_uncond: Tensor, cfg: float) -> Tensor:
     """Classifier-free guidance in denoised space: ``D_uncond + (D_cond - D_uncond) * cfg``."""
     return d_uncond + (d_cond - d_uncond) * cfg
@@ -128,9 +156,25 @@ def _check_supported(conds: Sequence[Conditioning]) -> None:
                 )
 
 
+def _calc_rows(denoiser: Denoiser, conds: Sequence[Any], x: Tensor, sigma: Tensor) -> list[Tensor]:
+    """D for each conditioning of batched rows: one forward over every conditioning and item."""
+    sizes = next(c.sizes for c in conds if isinstance(c, RowsConditioning))
+    if sum(sizes) != x.shape[0]:
+        raise ValueError(f"row sizes {sizes} do not add up to the batch of {x.shape[0]}")
+    contexts: list[Tensor] = []
+    for cond in conds:
+        rows = cond if isinstance(cond, RowsConditioning) else RowsConditioning((cond,) * len(sizes), sizes)
+        contexts += [c.to(x.device) for c in rows.contexts()]
+    k = len(conds)
+    out = denoiser.apply_model(torch.cat([x] * k), torch.cat([sigma] * k), contexts)
+    return list(out.chunk(k))
+
+
 def _calc_cond_batch(denoiser: Denoiser, conds: Sequence[Conditioning], x: Tensor, sigma: Tensor) -> list[Tensor]:
     """D for each conditioning; rows with equal context shapes share a forward (ComfyUI's
     ``calc_cond_batch`` order: the rows matching the first pending row, in reverse order)."""
+    if any(isinstance(c, RowsConditioning) for c in conds):
+        return _calc_rows(denoiser, conds, x, sigma)
     pending = [(k, entry) for k, cond in enumerate(conds) for entry in cond.entries]
     single = all(len(cond.entries) == 1 for cond in conds)
     results: list[Tensor | None] = [None] * len(conds)

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .guidance import BasicGuider, CFGGuider, Conditioning, Denoiser, Guider
+from .guidance import BasicGuider, CFGGuider, Conditioning, Denoiser, Guider, RowsConditioning
 from .noise import DisableNoise, RandomNoise, fix_empty_latent_channels, prepare_noise
-from .samplers import Sampler, StepCallback, StepInfo, get_sampler
+from .samplers import RowSeeds, Sampler, StepCallback, StepInfo, get_sampler
 from .schedules import advanced_sigmas, ksampler_sigmas
 
-__all__ = ["guided_sample", "ksampler", "ksampler_advanced", "sample_custom"]
+__all__ = ["guided_sample", "ksampler", "ksampler_advanced", "ksampler_rows", "sample_custom", "sample_custom_rows"]
 
 
 def _as_sampler(sampler: str | Sampler) -> Sampler:
@@ -51,6 +51,7 @@ def guided_sample(
     sampler_options: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
     cpu_seed_offset: int | None = None,
+    row_sizes: Sequence[int] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Sample a raw latent with a guider (ComfyUI ``CFGGuider.sample``); steps 4-7 of the module doc.
 
@@ -60,7 +61,8 @@ def guided_sample(
     ran). An empty ``sigmas`` returns the latent unchanged. Sampling runs on ``device``, else the
     denoiser's ``device`` attribute if it has one, else the latent's device. ``cpu_seed_offset``
     (the ComfyUI-version setting; None = the sampler's default, ComfyUI v0.18.1's ``seed + 1``) is
-    handed to samplers that draw ``default_noise_sampler`` noise.
+    handed to samplers that draw ``default_noise_sampler`` noise. ``row_sizes`` marks a batch of rows
+    sampled together (see :func:`ksampler_rows`): each row's latent is treated as it would be alone.
     """
     sigmas = torch.as_tensor(sigmas, dtype=torch.float32).cpu()
     if sigmas.numel() == 0:
@@ -70,7 +72,10 @@ def guided_sample(
     run_on = _work_device(guider, latent, device)
     ms, fmt = guider.model_sampling, guider.latent_format
     z = latent.to(device=run_on, dtype=torch.float32)
-    if bool(torch.count_nonzero(z)):
+    if row_sizes is not None:  # an empty (all-zero) latent stays zero, row by row as in a row's own run
+        z = torch.cat([fmt.process_in(part) if bool(torch.count_nonzero(part)) else part
+                       for part in z.split(list(row_sizes))])
+    elif bool(torch.count_nonzero(z)):
         z = fmt.process_in(z)
     x = ms.noise_scaling(sigmas[0], noise.to(device=run_on, dtype=torch.float32), z)
 
@@ -221,3 +226,75 @@ def sample_custom(
         callback=callback, sampler_options=sampler_options, device=device, cpu_seed_offset=cpu_seed_offset,
     )
     return samples, (denoised if denoised is not None else samples)
+
+
+# --- several batch rows in one call ------------------------------------------------------------------------------
+# Rows of a batch (different prompts and seeds, one graph) sampled as one batch: each row keeps the noise
+# and conditioning of its own run (its seed's generators, its prompt's context), so the rows' results
+# equal their single runs up to the network's floating-point batch effects.
+
+
+def ksampler_rows(
+    denoiser: Denoiser,
+    seeds: Sequence[int],
+    steps: int,
+    cfg: float,
+    sampler_name: str,
+    scheduler: str,
+    positives: Sequence[Conditioning],
+    negatives: Sequence[Conditioning],
+    latents: Sequence[Tensor],
+    denoise: float = 1.0,
+    *,
+    callback: StepCallback | None = None,
+    sampler_options: Mapping[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    cpu_seed_offset: int | None = None,
+) -> list[Tensor]:
+    """:func:`ksampler` for several rows at once: one raw latent per row in, one per row out."""
+    sampler = _as_sampler(sampler_name)
+    channels = denoiser.latent_format.latent_channels
+    latents = [fix_empty_latent_channels(latent, channels) for latent in latents]
+    sizes = [latent.shape[0] for latent in latents]
+    noise = torch.cat([prepare_noise(latent, seed) for latent, seed in zip(latents, seeds)])
+    sigmas = ksampler_sigmas(denoiser.model_sampling, scheduler, steps, denoise, sampler_name)
+    guider = CFGGuider(denoiser, RowsConditioning(positives, sizes), RowsConditioning(negatives, sizes), cfg)
+    samples = guided_sample(
+        guider, noise, torch.cat(latents), sampler, sigmas, RowSeeds(seeds, sizes), callback=callback,
+        sampler_options=sampler_options, device=device, cpu_seed_offset=cpu_seed_offset, row_sizes=sizes,
+    )[0]
+    return list(samples.split(sizes))
+
+
+def sample_custom_rows(
+    denoiser: Denoiser,
+    noises: Sequence[RandomNoise | DisableNoise],
+    sampler: str | Sampler,
+    sigmas: Tensor,
+    latents: Sequence[Tensor],
+    positives: Sequence[Conditioning],
+    negatives: Sequence[Conditioning] | None,
+    cfg: float,
+    *,
+    callback: StepCallback | None = None,
+    sampler_options: Mapping[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    cpu_seed_offset: int | None = None,
+) -> list[tuple[Tensor, Tensor]]:
+    """:func:`sample_custom` for several rows at once (a denoiser with per-row conditionings; no negatives
+    means BasicGuider). Returns ``(output, denoised_output)`` per row."""
+    sampler = _as_sampler(sampler)
+    channels = denoiser.latent_format.latent_channels
+    latents = [fix_empty_latent_channels(latent, channels) for latent in latents]
+    sizes = [latent.shape[0] for latent in latents]
+    noise = torch.cat([source.generate(latent) for source, latent in zip(noises, latents)])
+    positive = RowsConditioning(positives, sizes)
+    guider: Guider = (BasicGuider(denoiser, positive) if negatives is None
+                      else CFGGuider(denoiser, positive, RowsConditioning(negatives, sizes), cfg))
+    samples, denoised = guided_sample(
+        guider, noise, torch.cat(latents), sampler, sigmas, RowSeeds([n.seed for n in noises], sizes),
+        callback=callback, sampler_options=sampler_options, device=device, cpu_seed_offset=cpu_seed_offset,
+        row_sizes=sizes,
+    )
+    denoised = denoised if denoised is not None else samples
+    return list(zip(samples.split(sizes), denoised.split(sizes)))

@@ -23,6 +23,7 @@ from ..schedules import FlowModelSampling
 
 __all__ = [
     "BrownianTreeNoiseSampler",
+    "RowSeeds",
     "DenoiseFn",
     "NoiseSampler",
     "SamplerFn",
@@ -81,10 +82,44 @@ class SamplerFn(Protocol):
     ) -> Tensor: ...
 
 
+class RowSeeds(tuple):
+    """The seeds of several batch rows sampled together, one per row, with each row's batch size.
+
+    A sampler passes its ``seed`` on to the noise samplers untouched; given RowSeeds they draw each
+    row's part of the batch from that row's own generator, exactly as the row run alone would, so
+    stacking rows never changes their noise. (Arithmetic on a RowSeeds fails loudly: a sampler that
+    needs it cannot batch rows, and the rows then run one by one.)
+    """
+
+    sizes: tuple[int, ...]
+
+    def __new__(cls, seeds: "list[int] | tuple[int, ...]", sizes: "list[int] | tuple[int, ...]") -> "RowSeeds":
+        if len(seeds) != len(sizes):
+            raise ValueError(f"{len(seeds)} seeds for {len(sizes)} rows")
+        made = super().__new__(cls, (int(s) for s in seeds))
+        made.sizes = tuple(int(n) for n in sizes)
+        return made
+
+    def __add__(self, other: Any) -> Any:
+        raise TypeError("a sampler did arithmetic on the seeds of batched rows; run the rows one by one")
+
+    __radd__ = __add__
+
+
+def _rows(x: Tensor, seeds: RowSeeds) -> list[Tensor]:
+    if sum(seeds.sizes) != x.shape[0]:
+        raise ValueError(f"row sizes {seeds.sizes} do not add up to the batch of {x.shape[0]}")
+    return list(x.split(list(seeds.sizes)))
+
+
 def default_noise_sampler(x: Tensor, seed: int, cpu_seed_offset: int = COMFY_CPU_SEED_OFFSET) -> NoiseSampler:
     """ComfyUI's ``default_noise_sampler``: one ``randn(x.shape)`` per call from a generator on x's
     device seeded with ``seed``, plus ``cpu_seed_offset`` when x is on the CPU (1 since ComfyUI
-    v0.7.0, 0 before). Device dependent: CUDA draws differ from CPU draws."""
+    v0.7.0, 0 before). Device dependent: CUDA draws differ from CPU draws. With :class:`RowSeeds`,
+    each row's part comes from its own generator."""
+    if isinstance(seed, RowSeeds):
+        parts = [default_noise_sampler(part, s, cpu_seed_offset) for part, s in zip(_rows(x, seed), seed)]
+        return lambda sigma, sigma_next: torch.cat([draw(sigma, sigma_next) for draw in parts])
     if x.device.type == "cpu":
         seed = seed + cpu_seed_offset
         if seed >= 2**64:
@@ -116,9 +151,14 @@ class BrownianTreeNoiseSampler:
         self._device, self._dtype = x.device, x.dtype
 
     @classmethod
-    def for_schedule(cls, x: Tensor, sigmas: Tensor, seed: int) -> BrownianTreeNoiseSampler:
-        """The tree ComfyUI builds for a schedule: from the smallest positive sigma to the largest."""
-        return cls(x, sigmas[sigmas > 0].min(), sigmas.max(), seed)
+    def for_schedule(cls, x: Tensor, sigmas: Tensor, seed: int) -> "NoiseSampler":
+        """The tree ComfyUI builds for a schedule: from the smallest positive sigma to the largest
+        (one tree per row for :class:`RowSeeds`)."""
+        low, high = sigmas[sigmas > 0].min(), sigmas.max()
+        if isinstance(seed, RowSeeds):
+            trees = [cls(part, low, high, s) for part, s in zip(_rows(x, seed), seed)]
+            return lambda sigma, sigma_next: torch.cat([tree(sigma, sigma_next) for tree in trees])
+        return cls(x, low, high, seed)
 
     def __call__(self, sigma: Tensor, sigma_next: Tensor) -> Tensor:
         t0, t1 = torch.as_tensor(sigma), torch.as_tensor(sigma_next)
