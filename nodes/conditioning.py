@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import warnings
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field
 
 from graphrun.engine.context import Context
 from graphrun.engine.node import CheckEnv, Comfy, Problem, node
 
+from .rows import one_by_one
 from .types import Clip, Conditioning
 
 
@@ -36,16 +37,10 @@ def _check_embeddings(literals: dict, env: CheckEnv) -> list[Problem]:
     return problems
 
 
-def _encode_rows(calls: list[dict[str, Any]]) -> list[Any]:
-    """Batch rows encode their prompts one by one, each exactly as alone (no padding to a common
-    length); the group form only keeps the rows together."""
-    return [text_encode(**call) for call in calls]
-
-
 @node(
     "TextEncode",
     category="conditioning",
-    batch=_encode_rows,
+    batch=lambda calls: one_by_one(text_encode)(calls),  # each prompt alone: no padding to a common length
     comfy=Comfy("CLIPTextEncode", dynamic_prompts=("text",), display_name="CLIP Text Encode (Prompt)",
                 input_order=("text", "clip")),
     version=2,  # 2: embedding: words, ComfyUI's escapes, the clip's LoRAs
@@ -84,6 +79,7 @@ def text_encode(ctx: Context, clip: Clip, text: Annotated[str, Field(description
 @node(
     "ConditioningZeroOut",
     category="conditioning",
+    batch=lambda calls: one_by_one(conditioning_zero_out)(calls),
     comfy=Comfy("ConditioningZeroOut", category="advanced/conditioning"),
 )
 def conditioning_zero_out(conditioning: Conditioning) -> Conditioning:

@@ -50,3 +50,13 @@ def no_batch_index(calls: Sequence[dict[str, Any]], name: str = "latent") -> Non
     """Latents picked from a larger batch (``batch_index``) keep their own noise streams: not stacked."""
     if any(getattr(call[name], "batch_index", None) is not None for call in calls):
         raise ValueError("latents with a batch_index are sampled one by one")
+
+
+def one_by_one(fn: Any) -> Any:
+    """A batched form that runs ``fn`` per row, each exactly as alone: for nodes whose rows gain nothing
+    from stacking (a prompt's encoding), so that the rest of the group still runs together."""
+
+    def rows(calls: Sequence[dict[str, Any]]) -> list[Any]:
+        return [fn(**call) for call in calls]
+
+    return rows

@@ -93,10 +93,8 @@ def execute(
                         result.interrupted = True
                         break
                     current = next(pending)
-                    try:
-                        prepare(current.staging)  # fresh and real: what a killed run left there goes
-                    except OSError as exc:
-                        current.error = f"cannot create the row's staging folder {current.staging}: {_os_text(exc)}"
+                    if options.batch_size == 1:  # a grouped executor prepares each group's folders itself
+                        prepare_staging(current)
                     if outcomes is None:
                         outcomes = executor(jobs)  # started lazily: no Ray start for a batch with nothing to run
                     try:
@@ -197,6 +195,15 @@ def _run_unordered(
             pass  # absent, or holding another row's leftovers
         result.rows.sort(key=lambda r: r.index)
     result.interrupted = result.interrupted or stop.is_set() and len(result.rows) < len(rows)
+
+
+def prepare_staging(job: Job) -> None:
+    """The job's staging folder, fresh and real (what a killed run left there goes); a folder that
+    cannot be made fails the row."""
+    try:
+        prepare(job.staging)
+    except OSError as exc:
+        job.error = f"cannot create the row's staging folder {job.staging}: {_os_text(exc)}"
 
 
 def _commit(job: Job, outcome: Outcome, out_dir: Path) -> RowResult:

@@ -156,6 +156,7 @@ def local_executor(
 
     def grouped(jobs: list[Job]) -> Iterator[Outcome]:
         from ..batched import RowsReport
+        from .driver import prepare_staging
 
         notes = RowsReport()
         told = False
@@ -163,6 +164,9 @@ def local_executor(
             if stop.is_set():
                 return
             group = jobs[start:start + batch_size]
+            for job in group:
+                if job.error is None:
+                    prepare_staging(job)
             runnable = [job for job in group if job.error is None]
             done = iter(run_row_group(runner, document, registry, [(j.params, j.staging) for j in runnable],
                                       reporter, notes))
