@@ -63,9 +63,10 @@ Safety
     (a row folder that is a link counts as changed; a staging link is removed as a link).
 
 Ray
-    ``--ray [ADDRESS]`` runs the rows on a Ray actor pool (see :mod:`.ray_executor`); the driver
-    still validates rows, writes every file and the manifest, so the outputs and the manifest are
-    those of a local run.
+    ``--ray [ADDRESS]`` runs the rows on a pool of Ray workers (see :mod:`.ray_executor`); the driver
+    validates rows and commits each row as it finishes. Workers that can reach the output folder write
+    rows there directly, the others send the files to the driver. Outputs and manifest lines are those
+    of a local run; run rows are listed in the order they finished.
 
 Modules
     This package's entry points are :func:`batch` and :func:`run_batch`; the work is split by
@@ -112,8 +113,11 @@ def run_batch(
     reporter (``--progress``).
     """
     mode = batch.progress or mode_for(runner.reporter)
-    if not batch.ray and (batch.workers != 1 or batch.gpus_per_worker):
-        print("warning: --workers and --gpus-per-worker apply to --ray only; running locally", file=sys.stderr)
+    ray_only = batch.workers != 1 or batch.gpus_per_worker or batch.max_workers is not None or (
+        batch.max_retries != 3 or batch.start_timeout != 60.0 or not batch.shared_out)
+    if not batch.ray and ray_only:
+        print("warning: --workers, --gpus-per-worker, --max-retries, --worker-start-timeout and --no-shared-out "
+              "apply to --ray only; running locally", file=sys.stderr)
     try:
         result = execute(doc, registry, runner, batch, overrides, Path(runner.options.output_dir), mode)
     except BatchError as exc:
@@ -143,6 +147,10 @@ def batch(
     redo: Redo | None = None,
     seed_from_row_id: bool = False,
     batch_size: int = 1,
+    max_workers: int | None = None,
+    max_retries: int = 3,
+    start_timeout: float = 60.0,
+    shared_out: bool = True,
 ) -> BatchResult:
     """Run ``graph`` once per row and return every row's result.
 
@@ -155,7 +163,8 @@ def batch(
     renders rows whose folders were made from different inputs into new folders ``<id>~N``
     (without it they raise :class:`ChangedRows`); ``seed_from_row_id`` derives each row's seed
     from its id (:func:`row_seed`). ``batch_size`` runs rows N at a time, batchable nodes on the whole group
-    in one call (see :class:`BatchOptions`).
+    in one call (see :class:`BatchOptions`). On Ray, ``workers`` (to ``max_workers``: a pool that grows and
+    shrinks), ``max_retries``, ``start_timeout`` and ``shared_out`` are as :class:`BatchOptions` describes.
 
     Ctrl-C (in the main thread) stops the batch cleanly and returns with ``interrupted=True``;
     ``result.exit_code`` is what the CLI would exit with. Raises :class:`BatchError` when the
@@ -177,6 +186,10 @@ def batch(
         redo=redo,
         seed_from_row_id=seed_from_row_id,
         batch_size=batch_size,
+        max_workers=max_workers,
+        max_retries=max_retries,
+        start_timeout=start_timeout,
+        shared_out=shared_out,
     )
     return execute(graph.document, graph.registry, use, options, dict(params or {}), Path(out_dir), progress)
 

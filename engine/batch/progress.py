@@ -1,4 +1,9 @@
-"""Progress over rows: a bar with ETA (tqdm), plain lines, JSON lines or nothing."""
+"""Progress over rows: a bar with ETA (tqdm), plain lines, JSON lines or nothing.
+
+Rates and ETAs count every row settled over the whole batch, whichever worker finished it and in
+whatever order (a Ray pool), from the first row settled on: the time before it (starting Ray,
+loading models) says nothing about the pace of the rest. The closing line gives the overall rate.
+"""
 from __future__ import annotations
 
 import json
@@ -28,6 +33,7 @@ class RowProgress:
         self.total = total
         self.done = 0
         self.started = time.perf_counter()
+        self.first: float | None = None  # when the first row settled
         self._bar: Any = None
         if mode == "tqdm" and total:
             from tqdm import tqdm
@@ -52,10 +58,19 @@ class RowProgress:
     def _eta(self) -> float | None:
         if not self.done:
             return None
-        return (time.perf_counter() - self.started) / self.done * (self.total - self.done)
+        return (self.total - self.done) / max(self.rate(), 1e-9)
+
+    def rate(self) -> float:
+        """Rows settled per second since the first one (before a second: since the start)."""
+        now = time.perf_counter()
+        if self.done >= 2 and self.first is not None and now > self.first:
+            return (self.done - 1) / (now - self.first)
+        return self.done / max(now - self.started, 1e-9)
 
     def row(self, result: RowResult) -> None:
         self.done += 1
+        if self.first is None:
+            self.first = time.perf_counter()
         name = result.id if result.id is not None else f"#{result.index}"
         if self._bar is not None:
             self._bar.set_postfix_str("", refresh=False)  # node progress belongs to the row just ended
@@ -65,13 +80,15 @@ class RowProgress:
         elif self.mode == "plain":
             eta = self._eta()
             tail = f", eta {_duration(eta)}" if eta is not None and self.done < self.total else ""
-            text = f"[{self.done}/{self.total}] row {name} {result.status} {result.seconds:.2f}s{tail}"
+            text = (f"[{self.done}/{self.total}] row {name} {result.status} {result.seconds:.2f}s, "
+                    f"{_rate(self.rate())}{tail}")
             if result.error:
                 text += f": {result.error}"
             print(text, file=self.stream, flush=True)
         elif self.mode == "json":
             line = {"event": "row", "row": result.index, "id": result.id, "status": result.status,
                     "seconds": round(result.seconds, 4), "done": self.done, "total": self.total,
+                    "rows_per_s": round(self.rate(), 3),
                     "eta": None if self._eta() is None else round(self._eta() or 0.0, 1)}
             if result.error:
                 line["error"] = result.error
@@ -92,12 +109,18 @@ class RowProgress:
                               "manifest": str(result.manifest)}), file=self.stream, flush=True)
             return
         state = "interrupted" if result.interrupted else "done"
+        elapsed = time.perf_counter() - self.started
+        speed = f", {_rate(self.done / max(elapsed, 1e-9))}" if self.done else ""
         print(
             f"batch {state}: {counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped "
-            f"in {_duration(time.perf_counter() - self.started)}; manifest {result.manifest}",
+            f"in {_duration(elapsed)}{speed}; manifest {result.manifest}",
             file=self.stream,
             flush=True,
         )
+
+
+def _rate(rows_per_s: float) -> str:
+    return f"{rows_per_s:.2f} rows/s" if rows_per_s < 10 else f"{rows_per_s:.0f} rows/s"
 
 
 def _duration(seconds: float) -> str:
