@@ -20,10 +20,13 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .diagnostics import Diagnostic, GraphError, dumps
-from .node import InputSpec, NodeSpec, Registry, RegistryError, make_registry
+
+if TYPE_CHECKING:
+    # Imported where used: `graphrun --help` and a usage error need neither pydantic nor the node library.
+    from .node import InputSpec, NodeSpec, Registry
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 VERBS = ("run", "validate", "params", "graphs", "nodes", "schema", "show", "convert", "export", "serve")
@@ -68,6 +71,8 @@ def _print_diagnostics(diags: Sequence[Diagnostic], as_json: bool = False) -> No
 
 
 def _registry(args: argparse.Namespace) -> Registry:
+    from .node import make_registry
+
     return make_registry(getattr(args, "plugin", None) or [])
 
 
@@ -751,6 +756,7 @@ def _graph_help(argv: list[str]) -> str | None:
         build_parser().parse_args(["run", "--help"])
     from .comfy_bridge import load_any
     from .listing import format_params
+    from .node import RegistryError
 
     try:
         registry = _registry(args)
@@ -807,9 +813,6 @@ def _clean_warnings(tracker: _NodeTracker | None = None) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .context import Interrupted
-    from .executor import NodeFailed
-
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         normalised = _normalise_argv(argv)
@@ -829,6 +832,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage error
         return EXIT_INVALID if exc.code else EXIT_OK
+    # Only now: `graphrun --help` and usage errors return above without importing the engine.
+    from .context import Interrupted
+    from .executor import NodeFailed
+    from .node import RegistryError
+
     debug = getattr(args, "debug", False)
     try:
         with _clean_warnings():

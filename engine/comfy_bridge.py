@@ -87,11 +87,11 @@ def graphrun_png_document(path: Path) -> tuple[dict[str, Any] | None, list[Diagn
     ``(None, [])`` for anything else (not a PNG, no such chunk: the ComfyUI chunks are read instead);
     ``(None, [warning])`` when the chunk is there but unreadable.
     """
-    from .comfy.png import graphrun_document, read_png_chunks
-    from .comfy.ui_to_api import ComfyFormatError
-
     if path.suffix.lower() != ".png":
         return None, []
+    from .comfy.png import graphrun_document, read_png_chunks  # PIL: only for a PNG
+    from .comfy.ui_to_api import ComfyFormatError
+
     try:
         chunks = read_png_chunks(path)
     except ComfyFormatError:

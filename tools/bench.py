@@ -24,6 +24,10 @@ Sections:
   * peak RSS of the 3-stage run versus the plain script (fresh processes, ru_maxrss).
   * executor cost per node on a chain of 1,000 trivial pure-Python nodes.
   * per-stage times of the 3-stage run.
+  * cold start: fresh `graphrun --help` / `nodes` / `validate` / the tiny 3-stage run (its time split
+    into the first loader, sampling, decode+save and the rest), and the import chain of the loaders.
+  * Ray batch: steady-state rows/s with 1 and 2 local Ray workers (one thread each) on the tiny
+    model's smallest graph (64x64, 2 steps), startup (actor start, model load, first row) apart.
 """
 from __future__ import annotations
 
@@ -186,28 +190,19 @@ def load_components() -> Components:
 # Access to what a warm Runner holds
 
 
-def merkle_keys(bound: Any) -> dict[str, str]:
-    """The cache key of every planned node, computed the way the executor computes them."""
-    from graphrun.engine.executor import cache_key, make_plan
-
-    keys: dict[str, str] = {}
-    for node_id in make_plan(bound).order:
-        keys[node_id] = cache_key(bound.nodes[node_id], keys)
-    return keys
-
-
-def cached_output(graph: Any, node_id: str, **params: Any) -> tuple[Any, ...]:
-    """The outputs a node produced in the last run with ``params`` (from the Runner's cache)."""
-    keys = merkle_keys(graph.bind(**params))
+def cached_output(graph: Any, node_id: str, keys: dict[str, str]) -> tuple[Any, ...]:
+    """The outputs a node produced in a run whose ``RunResult.keys`` are ``keys`` (from the Runner's cache)."""
     outputs = graph.runner.cache.get(keys[node_id])
     if outputs is None:
         raise RuntimeError(f"node '{node_id}' is not in the Runner's cache (did the cache keys change?)")
     return outputs
 
 
-def components_from_runner(graph: Any) -> Components:
-    """The very modules the graph's LoadZImage loaded, so both sides compute with the same weights."""
-    model, clip, vae = cached_output(graph, "zimage")
+def components_from_runner(graph: Any, keys: dict[str, str]) -> Components:
+    """The very modules the graph's loaders loaded, so both sides compute with the same weights."""
+    (model,) = cached_output(graph, "unet_loader", keys)
+    (clip,) = cached_output(graph, "clip_loader", keys)
+    (vae,) = cached_output(graph, "vae_loader", keys)
     denoiser = model.denoiser.with_model_sampling(type(model.denoiser.model_sampling)(shift=SHIFT))
     return Components(denoiser, clip.text_encoder, clip.tokenizer, vae.vae)
 
@@ -273,9 +268,9 @@ def bench_engine_overhead(args: argparse.Namespace, out: Path, report: Report) -
     print("\n[2] engine overhead: 3-stage graph (warm Runner, new seed each run) vs plain script", flush=True)
     graph = new_graph(out / "graph")
     started = time.perf_counter()
-    graph.run(seed=1)  # loads the model, encodes the prompts
+    first = graph.run(seed=1)  # loads the model, encodes the prompts
     load_run = time.perf_counter() - started
-    comp = components_from_runner(graph)
+    comp = components_from_runner(graph, first.keys)
     positive, negative = plain_encode(comp, DEFAULT_PROMPT), plain_encode(comp, DEFAULT_NEGATIVE)
     metadata = json.dumps({"graph": graph.document.raw, "params": {}}, default=str)
     plain_dir = out / "plain"
@@ -300,7 +295,7 @@ def bench_engine_overhead(args: argparse.Namespace, out: Path, report: Report) -
         for node_id, seconds in result.seconds.items():
             per_node.setdefault(node_id, []).append(seconds)
         (image, path), _ = t_plain.measure(lambda: run_plain(seed))
-        graph_image = cached_output(graph, "decode", seed=seed)[0]
+        graph_image = cached_output(graph, "decode", result.keys)[0]
         same = torch.equal(graph_image, image) and bool((png_pixels(result.files[0]) == png_pixels(path)).all())
         identical.append(same)
     report.add("first run (model load + run)", f"{load_run * 1000:.0f} ms")
@@ -382,6 +377,42 @@ def bench_batch_row(args: argparse.Namespace, graph: Any, comp: Components, out:
               note=f"pure {t_pure_b.ms()}; whole call incl. manifest, staging, PNG")
 
 
+def bench_batch_sizes(args: argparse.Namespace, graph: Any, out: Path, report: Report) -> None:
+    """--batch-size 1, 4 and 8 on the 3-stage graph: rows/s, and each row's image against its single run."""
+    import graphrun
+    import numpy as np
+    from graphrun.engine.context import RunOptions
+
+    print("\n[3b] batched rows: the 3-stage graph at --batch-size 1, 4, 8", flush=True)
+    rows_n = 8
+    rates: dict[int, float] = {}
+    images: dict[int, dict[str, Any]] = {}
+    for size in (1, 4, 8):
+        # The same rows each time; a fresh Runner with warm models (loaded by one row first) so that no
+        # sampler result comes from an earlier size's cache.
+        runner = graphrun.Runner(RunOptions(output_dir=out / f"bs{size}"))
+        fresh = graphrun.load(GRAPH, runner=runner)
+        fresh.run(prompt="warm up", seed=9999)
+        rows = [{"id": f"r{i}", "prompt": f"row {i}: a lighthouse at dusk " + "and waves " * i, "seed": 500 + i}
+                for i in range(rows_n)]
+        started = time.perf_counter()
+        result = graphrun.batch(fresh, rows, out / f"bs{size}" / "rows", progress="none", batch_size=size)
+        elapsed = time.perf_counter() - started
+        if not result.ok:
+            report.add(f"batch-size {size}", "n/a", note=next((r.error for r in result.rows if r.error), "?"))
+            return
+        rates[size] = rows_n / elapsed
+        images[size] = {r.id: png_pixels(r.files[0]).astype(np.int16) for r in result.rows}
+        report.add(f"3-stage rows/s at --batch-size {size}", f"{rates[size]:.3f}", note=f"{rows_n} rows")
+    for size in (4, 8):
+        diffs = [np.abs(images[size][k] - images[1][k]) for k in images[1]]
+        worst = max(int(d.max()) for d in diffs)
+        same = sum(bool((d == 0).all()) for d in diffs)
+        report.add(f"batch-size {size} / batch-size 1 rows/s", f"{rates[size] / rates[1]:.2f}", ">= 1.3 at 8")
+        report.add(f"batch-size {size} images vs single rows", f"max {worst}/255",
+                   "<= 1/255", note=f"{same} of {len(diffs)} bit-identical")
+
+
 def bench_cached_rerun(args: argparse.Namespace, graph: Any, report: Report) -> None:
     print("\n[4] unchanged re-run (everything but SaveImage from the cache)", flush=True)
     graph.run(seed=7)
@@ -450,6 +481,121 @@ def bench_cli(args: argparse.Namespace, out: Path, report: Report) -> None:
     if proc.returncode == 0:
         imported = json.loads(proc.stdout.strip().splitlines()[-1])["torch"]
         report.add("engine CLI/validate imports torch", "yes" if imported else "no")
+
+
+# A fresh interpreter imports these one after another and prints the seconds each step added: the
+# import chain of a cold 3-stage run, in the order the loaders meet it (each step pays only for what
+# the earlier ones left out).
+IMPORT_CHAIN: tuple[tuple[str, str], ...] = (
+    ("torch", "import torch"),
+    ("torch._dynamo (diffusers and transformers import it)", "import torch._dynamo"),
+    ("transformers Qwen3Model", "from transformers import Qwen3Model"),
+    ("scipy.stats (diffusers' schedulers import it)", "import scipy.stats"),
+    ("peft (diffusers imports it when installed)", "import peft"),
+    ("diffusers ZImageTransformer2DModel + AutoencoderKL", "from diffusers import ZImageTransformer2DModel, AutoencoderKL"),
+    ("graphrun loaders + samplers (and the rest of their imports)",
+     "import graphrun.nodes.zimage.loading, graphrun.nodes.sampling.pipeline"),
+)
+IMPORT_CHAIN_PROBE = """
+import json, sys, time
+steps = json.loads(sys.argv[1])
+seconds = []
+for code in steps:
+    t0 = time.perf_counter()
+    try:
+        exec(code)
+    except ImportError:
+        seconds.append(None)
+        continue
+    seconds.append(time.perf_counter() - t0)
+print(json.dumps(seconds))
+"""
+SAMPLING_TYPES = ("Sampler", "SamplerCustom", "KSampler")
+
+
+def cold_times(cmd: list[str] | Callable[[int], list[str]], repeats: int) -> tuple[list[float], subprocess.CompletedProcess]:
+    """Wall seconds of ``repeats`` fresh processes (stops at the first failure)."""
+    times: list[float] = []
+    proc: subprocess.CompletedProcess | None = None
+    for k in range(repeats):
+        args = cmd(k) if callable(cmd) else cmd
+        t0 = time.perf_counter()
+        proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+        times.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            break
+    assert proc is not None
+    return times, proc
+
+
+def add_cold(report: Report, label: str, times: list[float], proc: subprocess.CompletedProcess) -> None:
+    if proc.returncode != 0:
+        report.add(label, "n/a", note=failure_reason(proc))
+    else:
+        report.add(label, f"{median(times) * 1000:.0f} ms", note=f"best of {len(times)}: {min(times) * 1000:.0f} ms")
+
+
+def bench_cold_start(args: argparse.Namespace, out: Path, report: Report) -> None:
+    """Fresh processes: the commands that run no model, the tiny 3-stage run with where its time goes,
+    and the import chain behind its first loader."""
+    print("\n[0] cold start (fresh processes; 1 thread)", flush=True)
+    repeats = max(1, min(args.repeats, 5))
+    cli = graphrun_command()
+    for label, argv in (("--help", ["--help"]), ("nodes", ["nodes"]), ("validate graphs/zimage_3stage.yaml",
+                                                                          ["validate", str(GRAPH)])):
+        times, proc = cold_times(cli + argv, repeats)
+        add_cold(report, f"cold `graphrun {label}`", times, proc)
+
+    runs = max(1, min(args.repeats, 3))
+    times, proc = cold_times(
+        lambda k: cli + [str(GRAPH), "--out", str(out / f"cold_{k}"), "--progress", "json"], runs)
+    add_cold(report, "cold `graphrun graphs/zimage_3stage.yaml` (tiny)", times, proc)
+    if proc.returncode == 0:
+        # The last run's node times (its progress events) against its wall time.
+        ends = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+        ends = [e for e in ends if e.get("event") == "end" and e.get("node")]
+        seconds = {e["node"]: float(e["seconds"]) for e in ends}
+        kinds = {e["node"]: e.get("type", "") for e in ends}
+        first = ends[0]["node"] if ends else ""
+        sampling = sum(s for n, s in seconds.items() if kinds[n] in SAMPLING_TYPES)
+        decode = sum(s for n, s in seconds.items() if kinds[n] == "VAEDecode")
+        save = sum(s for n, s in seconds.items() if kinds[n] == "SaveImage")
+        rest = sum(seconds.values()) - seconds.get(first, 0.0) - sampling - decode - save
+        wall = times[-1]
+        report.add(f"  first loader ({first}: torch, diffusers, transformers imports)",
+                   f"{seconds.get(first, 0.0) * 1000:.0f} ms")
+        report.add("  sampling nodes", f"{sampling * 1000:.0f} ms")
+        report.add("  VAEDecode + SaveImage", f"{(decode + save) * 1000:.0f} ms")
+        report.add("  other nodes", f"{rest * 1000:.0f} ms")
+        report.add("  outside nodes (startup, engine imports, validation, exit)",
+                   f"{(wall - sum(seconds.values())) * 1000:.0f} ms", note=f"of {wall * 1000:.0f} ms wall")
+
+    best: list[float | None] = [None] * len(IMPORT_CHAIN)
+    for _ in range(max(1, min(args.repeats, 3))):
+        proc = subprocess.run([sys.executable, "-c", IMPORT_CHAIN_PROBE, json.dumps([c for _, c in IMPORT_CHAIN])],
+                              capture_output=True, text=True, cwd=REPO)
+        if proc.returncode != 0:
+            report.add("import chain", "n/a", note=failure_reason(proc))
+            return
+        for i, value in enumerate(json.loads(proc.stdout.strip().splitlines()[-1])):
+            if value is not None:
+                best[i] = value if best[i] is None else min(best[i], value)
+    for (label, _), value in zip(IMPORT_CHAIN, best):
+        report.add(f"  import {label}", "not installed" if value is None else f"{value * 1000:.0f} ms",
+                   note="best of runs; added to the steps above; garbage collector on")
+    # What the loaders do instead (graphrun.nodes.zimage.libraries): the same libraries, collector paused.
+    paused = "from graphrun.nodes.zimage.libraries import import_model_libraries as f; f()"
+    proc = subprocess.run([sys.executable, "-c", IMPORT_CHAIN_PROBE, json.dumps(["import gc", paused])],
+                          capture_output=True, text=True, cwd=REPO)
+    if proc.returncode == 0:
+        seconds = json.loads(proc.stdout.strip().splitlines()[-1])[1]
+        report.add("  import_model_libraries() (collector paused, then frozen)", f"{seconds * 1000:.0f} ms",
+                   note="torch + diffusers + transformers + the rest, one run")
+    else:
+        report.add("  import_model_libraries()", "n/a", note=failure_reason(proc))
+    for module in ("networkx", "pydantic", "graphrun.engine.cli"):
+        times, proc = cold_times([sys.executable, "-c", f"import {module}"], repeats)
+        add_cold(report, f"  import {module} (alone, incl. startup)", times, proc)
 
 
 def vm_hwm_kb() -> int | None:
@@ -553,6 +699,107 @@ def bench_stages(per_node: dict[str, list[float]], report: Report) -> None:
         report.add(f"stage {node_id}", f"{median(values) * 1000:.1f} ms")
 
 
+# The tiny model's smallest graph: 64x64, 2 steps (tests/test_batch.py's TINY).
+RAY_GRAPH = {
+    "params": {"prompt": {"type": "STRING", "default": "a fox"}, "seed": {"type": "INT", "default": 1}},
+    "nodes": {
+        "zimage": {"type": "LoadZImage", "path": "tiny"},
+        "positive": {"type": "TextEncode", "clip": "zimage.clip", "text": "$prompt"},
+        "negative": {"type": "ConditioningZeroOut", "conditioning": "positive"},
+        "empty": {"type": "EmptyLatent", "width": 64, "height": 64},
+        "sample": {"type": "Sampler", "model": "zimage.model", "positive": "positive", "negative": "negative",
+                   "latent": "empty", "seed": "$seed", "steps": 2, "cfg": 1.0, "sampler": "euler",
+                   "scheduler": "simple"},
+        "decode": {"type": "VAEDecode", "vae": "zimage.vae", "latent": "sample"},
+        "save": {"type": "SaveImage", "images": "decode", "filename_prefix": "img"},
+    },
+}
+
+
+def steady_rate(times: list[float], warm: int) -> float:
+    """Rows per second between the ``warm``-th finished row and the last (commit times, sorted):
+    the first rows carry each worker's start and model load."""
+    if len(times) <= warm + 1 or times[-1] <= times[warm]:
+        return float("nan")
+    return (len(times) - 1 - warm) / (times[-1] - times[warm])
+
+
+_SPIN = (
+    "import time, torch\n"
+    "torch.set_num_threads(1)\n"
+    "a = torch.randn(256, 256)\n"
+    "t = time.perf_counter()\n"
+    "for _ in range(4000):\n"
+    "    a @ a\n"
+    "print(time.perf_counter() - t)\n"
+)
+
+
+def parallel_ceiling() -> float:
+    """How much more two single-threaded torch processes get done than one, on this machine now:
+    the most two workers could gain (a VM's cores may be shared with other guests)."""
+    def spin(count: int) -> float:
+        procs = [subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True)
+                 for _ in range(count)]
+        return max(float(proc.communicate()[0]) for proc in procs)
+
+    alone = spin(1)
+    return 2 * alone / spin(2)
+
+
+def bench_ray(args: argparse.Namespace, out: Path, report: Report) -> None:
+    """Ray rows/s with 1 and 2 local workers in steady state; startup reported separately."""
+    from datetime import datetime
+
+    import yaml
+
+    print("\n[8] Ray batch: 1 vs 2 local workers (1 thread each), tiny 64x64 2-step graph", flush=True)
+    found = find_batch()
+    if isinstance(found, str):
+        report.add("Ray batch", "n/a", note=found)
+        return
+    try:
+        import ray
+    except ImportError:
+        report.add("Ray batch", "n/a", note="Ray is not installed: pip install graphrun[ray]")
+        return
+    graph = out / "ray" / "graph.yaml"
+    graph.parent.mkdir(parents=True, exist_ok=True)
+    graph.write_text(yaml.safe_dump(RAY_GRAPH))
+    started = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    report.add("Ray start (local cluster)", f"{time.perf_counter() - started:.1f} s")
+    rates: dict[int, float] = {}
+    ceilings = [parallel_ceiling()]
+    try:
+        for workers in (1, 2):
+            rows = [{"prompt": f"ray {workers}: a lighthouse, row {i}", "seed": i} for i in range(args.ray_rows)]
+            folder = out / "ray" / f"workers{workers}"
+            started = time.perf_counter()
+            start_wall = time.time()
+            result = found(graph, rows, folder, ray=True, workers=workers, cpus_per_worker=1, progress="none")
+            total = time.perf_counter() - started
+            if not result.ok:
+                report.add(f"Ray rows/s, {workers} worker(s)", "n/a",
+                           note=f"row failed: {next((r.error for r in result.rows if r.error), '?')}")
+                return
+            lines = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+            times = sorted(datetime.fromisoformat(line["time"]).timestamp() for line in lines)
+            warm = 2 * workers  # each worker's first row loads the models; the next may wait behind it
+            rates[workers] = steady_rate(times, warm)
+            report.add(f"Ray {workers} worker{'s' if workers > 1 else ''}: startup to first row",
+                       f"{times[0] - start_wall:.1f} s", note="actors start, load the model, run one row")
+            report.add(f"Ray {workers} worker{'s' if workers > 1 else ''}: steady rows/s", f"{rates[workers]:.1f}",
+                       note=f"rows {warm + 1}..{len(times)} of {len(times)}; whole batch {total:.1f} s")
+    finally:
+        ray.shutdown()
+    ceilings.append(parallel_ceiling())
+    report.add("Ray 2 workers / 1 worker, steady rows/s", f"{rates[2] / rates[1]:.2f}", ">= 1.6",
+               note=f"{os.cpu_count()} CPUs; the driver commits every row (rename, fsync, manifest line)")
+    report.add("this machine: 2 torch processes / 1 (before, after)", " / ".join(f"{c:.2f}" for c in ceilings),
+               note="the most 2 workers can gain here; below 2 when the cores are shared")
+
+
 def profile_run(graph: Any) -> None:
     """cProfile one warm 3-stage run; print graphrun's own frames by self time and cumulative time."""
     print("\n[profile] one warm 3-stage run, graphrun frames only", flush=True)
@@ -602,9 +849,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=4, help="timed runs per figure (median; default 4)")
     parser.add_argument("--profile", action="store_true", help="cProfile one warm 3-stage run")
-    parser.add_argument("--skip", action="append", default=[], choices=["cli", "rss", "chain", "batch"],
+    parser.add_argument("--skip", action="append", default=[], choices=["cli", "rss", "chain", "batch", "ray", "cold"],
                         help="leave a section out (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the output folder (printed)")
+    parser.add_argument("--ray-rows", type=int, default=150, help="rows per Ray batch (default 150)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -620,6 +868,9 @@ def main(argv: list[str] | None = None) -> int:
         # First, while this process is still small: children inherit its ru_maxrss (see child_rss).
         if "rss" not in args.skip:
             bench_rss(args, out, report)
+        # Fresh processes too, measured while this one is idle and holds no model.
+        if "cold" not in args.skip:
+            bench_cold_start(args, out, report)
         import torch
 
         torch.set_num_threads(1)
@@ -628,12 +879,15 @@ def main(argv: list[str] | None = None) -> int:
             profile_run(graph)
         if "batch" not in args.skip:
             bench_batch_row(args, graph, comp, out, report)
+            bench_batch_sizes(args, graph, out, report)
         bench_cached_rerun(args, graph, report)
         if "cli" not in args.skip:
             bench_cli(args, out, report)
         if "chain" not in args.skip:
             bench_chain(args, out, report)
         bench_stages(per_node, report)
+        if "ray" not in args.skip:
+            bench_ray(args, out, report)
     finally:
         if args.keep:
             print(f"\noutputs kept in {out}")

@@ -13,12 +13,14 @@ import copy
 import io
 import json
 import os
-from typing import Any, Mapping
-
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..limits import parse_json
 from .ui_to_api import ComfyFormatError
+
+if TYPE_CHECKING:
+    # PIL is imported where used: reading a ComfyUI .json workflow (formats.py imports this module) needs none.
+    from PIL import PngImagePlugin
 
 __all__ = [
     "read_png_chunks", "png_info_for", "is_png_bytes", "GRAPHRUN_CHUNK", "graphrun_record", "graphrun_document",
@@ -40,6 +42,8 @@ def read_png_chunks(source: str | os.PathLike[str] | bytes) -> dict[str, str]:
 
     Raises ComfyFormatError when the data is not a readable PNG.
     """
+    from PIL import Image, UnidentifiedImageError
+
     name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
     try:
         stream = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
@@ -56,6 +60,8 @@ def read_png_chunks(source: str | os.PathLike[str] | bytes) -> dict[str, str]:
 
 def _repair_utf8(value: str) -> str:
     """tEXt is Latin-1 by the PNG spec, but some tools store UTF-8 there; undo the resulting mojibake."""
+    from PIL import PngImagePlugin
+
     if isinstance(value, PngImagePlugin.iTXt):
         return str(value)  # iTXt is UTF-8 by definition and already decoded
     try:
@@ -78,6 +84,8 @@ def png_info_for(
     extra = dict(extra or {})
     if workflow is not None and "workflow" in extra:
         raise ValueError("the workflow is given both as `workflow` and as extra['workflow']")
+    from PIL import PngImagePlugin
+
     info = PngImagePlugin.PngInfo()
     if prompt is not None:
         info.add_text("prompt", json.dumps(prompt, default=str))

@@ -26,7 +26,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
-import torch
+from .libraries import import_model_libraries
+
+# First, before anything here imports torch: the model libraries come in with the garbage collector paused
+# (a cold run's imports ~20% faster and its exit ~1.6 s shorter; see libraries.py).
+import_model_libraries()
+
+import torch  # noqa: E402
 
 from ..model_files import ModelFileError, read_safetensors_header, require_finite
 from ..runtime import ensure_fp32_compute, quiet_progress, resolve_device_dtype
