@@ -129,6 +129,18 @@ def test_event_sequence_history_and_view_have_comfyuis_shapes(srv: BackgroundSer
     assert status == 200 and Image.open(io.BytesIO(webp)).format == "WEBP"
 
 
+def test_preview_images_are_comfyuis_temp_type_and_viewable(srv: BackgroundServer) -> None:
+    prompt = small_prompt(seed=41)
+    prompt["10"] = {"class_type": "PreviewImage", "inputs": {"images": ["9", 0]}}
+    answer, messages = run(queue_and_listen(srv.url, prompt, "preview"))
+    (executed,) = [m["data"] for m in messages if m["type"] == "executed"]
+    (image,) = executed["output"]["images"]
+    assert image["type"] == "temp" and image["subfolder"] == "" and image["filename"].endswith(".png")
+    status, png = run(request(f"{srv.url}/view", params={**image}))
+    assert status == 200 and Image.open(io.BytesIO(png)).size == (64, 64)
+    assert run(request(f"{srv.url}/view", params={**image, "type": "output"}))[0] == 404  # not an output
+
+
 def test_a_second_prompt_reuses_the_warm_models_and_says_what_was_cached(srv: BackgroundServer) -> None:
     run(queue_and_listen(srv.url, small_prompt(seed=1), "client-b"))
     _, messages = run(queue_and_listen(srv.url, small_prompt(seed=2), "client-b"))
