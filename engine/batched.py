@@ -16,8 +16,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .context import Interrupted, RunOptions, effective_comfy_version
-from .executor import NodeFailed, RunResult, Runner, as_outputs, cache_key, make_plan
+from .context import Interrupted, RunOptions
+from .executor import NodeFailed, RunResult, Runner, as_outputs, cache_key, key_salt, make_plan
 from .progress import Event, Reporter, quiet
 from .validate import BoundGraph
 
@@ -66,7 +66,6 @@ def run_rows(
     values: list[dict[str, tuple[Any, ...]]] = [{} for _ in graphs]
     remaining = [dict(plan.consumers) for _ in graphs]
     salts = [uuid.uuid4().hex for _ in graphs]
-    behaviour = f"comfy={effective_comfy_version(runner.options, graphs[0])}"
     try:
         for index, node_id in enumerate(plan.order, 1):
             if runner._stop.is_set():
@@ -77,7 +76,7 @@ def run_rows(
             spec = graphs[live[0]].nodes[node_id].spec
             groups: dict[str, list[int]] = {}
             for r in live:
-                salt = behaviour if spec.cacheable else f"{behaviour}|{salts[r]}"
+                salt = key_salt(runner.options, graphs[r], spec, salts[r])
                 keys[r][node_id] = results[r].keys[node_id] = cache_key(graphs[r].nodes[node_id], keys[r], salt)
                 groups.setdefault(keys[r][node_id], []).append(r)
             todo: list[tuple[str, list[int]]] = []

@@ -26,7 +26,7 @@ from .diagnostics import Diagnostic, GraphError, dumps
 
 if TYPE_CHECKING:
     # Imported where used: `graphrun --help` and a usage error need neither pydantic nor the node library.
-    from .node import InputSpec, NodeSpec, Registry
+    from .node import Registry
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 VERBS = ("run", "validate", "params", "graphs", "nodes", "schema", "show", "convert", "export", "serve")
@@ -87,6 +87,10 @@ def _add_graph_inputs(p: argparse.ArgumentParser) -> None:
         "--set", action="append", default=[], metavar="NAME=VALUE",
         help="set a graph param, or any node input as NODE.INPUT=VALUE (NODE: the node id, or a ComfyUI node id)",
     )
+    _add_model_paths(p)
+
+
+def _add_model_paths(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models-dir", action="append", default=[], metavar="DIR",
         help="ComfyUI-style models folder (diffusion_models/, text_encoders/, vae/, loras/); 'tiny' = the tiny model",
@@ -203,35 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="api: the prompt ComfyUI runs (default); ui: a workflow ComfyUI opens in its editor")
     _add_common(p)
 
-    p = sub.add_parser(
-        "serve", help="serve ComfyUI's HTTP/WebSocket API (and its web editor) on graphrun's engine",
-        description="Serve ComfyUI's API: POST /prompt, /ws, /history, /view, /object_info, ... Clients written for "
-        "ComfyUI work unchanged. Binds to 127.0.0.1 unless --listen is given.",
-    )
-    p.add_argument("--host", default=None, metavar="ADDRESS", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8188, help="port (default 8188, as ComfyUI; 0 picks a free one)")
-    p.add_argument(
-        "--listen", nargs="?", const="0.0.0.0", metavar="ADDRESS",
-        help="accept connections from other machines (default address 0.0.0.0); pair it with --token",
-    )
-    p.add_argument("--token", metavar="TOKEN",
-                   help="require 'Authorization: Bearer TOKEN' on every request (default: $GRAPHRUN_SERVE_TOKEN)")
-    p.add_argument(
-        "--models-dir", action="append", default=[], metavar="DIR",
-        help="ComfyUI-style models folder (diffusion_models/, text_encoders/, vae/, loras/); 'tiny' = the tiny model",
-    )
-    p.add_argument("--extra-model-paths", metavar="YAML", help="ComfyUI extra_model_paths.yaml")
-    p.add_argument("--out", default="output", metavar="DIR", help="output folder (default: ./output)")
-    p.add_argument("--input-dir", default="input", metavar="DIR", help="input folder for uploads (default: ./input)")
-    p.add_argument("--user-dir", default="user", metavar="DIR", help="what the web editor saves (default: ./user)")
-    p.add_argument("--device", help="cuda, cuda:1, cpu, mps (default: CUDA when available)")
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="model dtype (default: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--comfy", metavar="VERSION", help="ComfyUI version whose behaviour to follow (default 0.18.1)")
-    p.add_argument("--max-queue", type=int, default=100, metavar="N", help="pending prompts accepted (default 100)")
-    p.add_argument("--max-upload-mb", type=float, default=100, metavar="MB",
-                   help="largest request body or upload (default 100 MB, as ComfyUI)")
-    p.add_argument("--no-editor", action="store_true", help="do not serve ComfyUI's web editor at /")
-    _add_common(p)
+    from .serve.command import add_serve_parser
+
+    add_serve_parser(sub, _add_model_paths, _add_common)
 
     p = sub.add_parser("show", help="print the graph as Mermaid or DOT")
     p.add_argument("file")
@@ -523,35 +501,6 @@ class _interrupt_on_sigint:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def _format_input(spec: InputSpec) -> str:
-    from .validate import _describe
-
-    if spec.socket:
-        text = f"  {spec.name}: {spec.type_name}" + (" (optional)" if spec.optional else "")
-    else:
-        import textwrap
-
-        default = "" if spec.required else f" = {spec.default!r}"
-        # A long choice list (every registered sampler) wraps under the input instead of one endless line.
-        text = textwrap.fill(f"{spec.name}: {_describe(spec)}{default}", width=100, initial_indent="  ",
-                             subsequent_indent="      ", break_long_words=False, break_on_hyphens=False)
-    if spec.description:
-        text += f"\n      {spec.description}"
-    return text
-
-
-def describe_node(spec: NodeSpec) -> str:
-    lines = [f"{spec.name}  [{spec.category}]" + ("  (output node)" if spec.output else "")]
-    if spec.doc:
-        lines += ["", *("  " + line if line else "" for line in spec.doc.splitlines())]
-    lines += ["", "inputs:"] + ([_format_input(i) for i in spec.inputs] or ["  (none)"])
-    lines += ["outputs:"] + ([f"  {o.name}: {o.type_name}" for o in spec.outputs] or ["  (none)"])
-    if spec.comfy:
-        lines.append("ComfyUI: " + ", ".join(c.class_type for c in spec.comfy))
-    lines.append(f"version {spec.version}; defined in {spec.origin}")
-    return "\n".join(lines)
-
-
 def cmd_nodes(args: argparse.Namespace) -> int:
     registry = _registry(args)
     if args.name:
@@ -566,6 +515,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
             print(json.dumps(node_schema(spec), indent=2, default=str))
         else:
+            from .listing import describe_node
+
             print(describe_node(spec))
         return EXIT_OK
     if args.json:
@@ -632,48 +583,8 @@ def cmd_graphs(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """`graphrun serve`: ComfyUI's API on graphrun (see graphrun.engine.serve)."""
-    import importlib.util
-    import os
-
-    if importlib.util.find_spec("aiohttp") is None:
-        raise CliError("graphrun serve needs aiohttp: pip install 'graphrun[serve]' (or 'graphrun[ui]' for the editor)")
-    from graphrun.nodes.model_files import ModelPathsError, check_model_paths
-
-    from .serve import ServerConfig
-    from .serve.run import LOOPBACK, serve
-
-    if args.host and args.listen:
-        raise CliError("give --host ADDRESS or --listen [ADDRESS], not both")
-    host = args.listen or args.host or "127.0.0.1"
-    if args.host and host not in LOOPBACK:
-        raise CliError(f"--host {host} accepts connections from other machines; say so with --listen {host}")
-    if not 0 <= args.port <= 65535:
-        raise CliError(f"--port {args.port}: give a port from 0 to 65535")
-    if args.max_queue < 1:
-        raise CliError(f"--max-queue {args.max_queue}: give 1 or more")
-    if args.max_upload_mb <= 0:
-        raise CliError(f"--max-upload-mb {args.max_upload_mb}: give a size above 0")
-    try:
-        check_model_paths(list(args.models_dir), args.extra_model_paths)
-    except ModelPathsError as exc:
-        raise CliError(str(exc)) from None
-    _check_device(args.device)
-    for flag, folder in (("--out", args.out), ("--input-dir", args.input_dir), ("--user-dir", args.user_dir)):
-        if Path(folder).exists() and not Path(folder).is_dir():
-            raise CliError(f"{flag} {folder}: is a file, not a folder")
-    config = ServerConfig(
-        host=host, port=args.port, out_dir=Path(args.out), input_dir=Path(args.input_dir),
-        user_dir=Path(args.user_dir), models_dirs=list(args.models_dir), extra_model_paths=args.extra_model_paths,
-        plugins=list(args.plugin or []), device=args.device, dtype=args.dtype, comfy=_check_comfy(args.comfy),
-        token=args.token or os.environ.get("GRAPHRUN_SERVE_TOKEN") or None, max_queue=args.max_queue,
-        max_body_bytes=int(args.max_upload_mb * 1024 * 1024), editor=not args.no_editor,
-    )
-    try:
-        serve(config, _registry(args))
-    except OSError as exc:  # the port is taken, the address is not this machine's
-        raise CliError(f"cannot listen on {host}:{args.port}: {exc.strerror or exc}") from None
-    return EXIT_OK
+    from .serve.command import cmd_serve as serve_command  # aiohttp and the server only for this verb
+    return serve_command(args, sys.modules[__name__])
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -81,6 +81,13 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+def key_salt(options: RunOptions, graph: BoundGraph, spec: Any, run_salt: str) -> str:
+    """What a node's cache key is salted with: the ComfyUI version followed (it changes what nodes
+    compute), and for a non-cacheable node the run's own salt, so it and everything after it re-run."""
+    behaviour = f"comfy={effective_comfy_version(options, graph)}"
+    return behaviour if spec.cacheable else f"{behaviour}|{run_salt}"
+
+
 def cache_key(node: BoundNode, upstream: dict[str, str], salt: str = "") -> str:
     """Merkle key: node type, version, literal inputs and upstream keys. Tensors never hashed."""
     payload = [
@@ -172,12 +179,11 @@ class Runner:
         """The planned nodes whose results are cached now, so that a run would not execute them (in plan
         order). Keys are computed as :meth:`run` does; a non-cacheable node and what follows it never are."""
         plan = make_plan(graph)
-        behaviour = f"comfy={effective_comfy_version(self.options, graph)}"
         keys: dict[str, str] = {}
         cached = []
         for node_id in plan.order:
             node = graph.nodes[node_id]
-            keys[node_id] = cache_key(node, keys, behaviour if node.spec.cacheable else f"{behaviour}|not cached")
+            keys[node_id] = cache_key(node, keys, key_salt(self.options, graph, node.spec, "not cached"))
             if node.spec.cacheable and keys[node_id] in self.cache:
                 cached.append(node_id)
         return cached
@@ -199,17 +205,13 @@ class Runner:
         values: dict[str, tuple[Any, ...]] = {}
         remaining = dict(plan.consumers)
         run_salt = uuid.uuid4().hex
-        # The ComfyUI version followed changes what nodes compute, so it is part of every key.
-        behaviour = f"comfy={effective_comfy_version(self.options, graph)}"
         total = len(plan.order)
         for index, node_id in enumerate(plan.order, 1):
             if self._stop.is_set():
                 raise Interrupted(f"interrupted before node '{node_id}'")
             node = graph.nodes[node_id]
             spec = node.spec
-            # Non-cacheable nodes get a per-run salt, so they and everything after them re-run.
-            salt = behaviour if spec.cacheable else f"{behaviour}|{run_salt}"
-            key = cache_key(node, keys, salt)
+            key = cache_key(node, keys, key_salt(self.options, graph, spec, run_salt))
             keys[node_id] = key
             result.keys[node_id] = key
             outputs = self.cache.get(key) if spec.cacheable else None

@@ -1,4 +1,4 @@
-"""What ``graphrun params GRAPH``, ``graphrun run GRAPH --help`` and ``graphrun graphs`` print.
+"""What ``graphrun params GRAPH``, ``graphrun run GRAPH --help``, ``graphrun graphs`` and ``graphrun nodes TYPE`` print.
 
 A graph's params (type, default, description) and, for a ComfyUI workflow (or with ``--inputs``),
 every node input ``--set NODE.INPUT=VALUE`` can change: node id, ComfyUI id, node type, input,
@@ -10,7 +10,7 @@ import textwrap
 from typing import Any
 
 from .graph import Document, Link, Literal_, ParamRef, Template, parse_primitive
-from .node import REQUIRED, InputSpec, Registry
+from .node import REQUIRED, InputSpec, NodeSpec, Registry
 from .overrides import comfy_ids, settable
 
 __all__ = ["param_rows", "input_rows", "format_params", "graph_rows", "format_graphs"]
@@ -163,4 +163,34 @@ def format_graphs() -> str:
         params = ", ".join(p["name"] for p in r["params"]) or "none"
         lines += textwrap.wrap(f"params: {params}", width=100, initial_indent="    ", subsequent_indent="        ")
     lines += ["", "`graphrun params NAME` shows a graph's params with types, defaults and descriptions."]
+    return "\n".join(lines)
+
+
+def _format_input(spec: InputSpec) -> str:
+    from .validate import _describe
+
+    if spec.socket:
+        text = f"  {spec.name}: {spec.type_name}" + (" (optional)" if spec.optional else "")
+    else:
+        import textwrap
+
+        default = "" if spec.required else f" = {spec.default!r}"
+        # A long choice list (every registered sampler) wraps under the input instead of one endless line.
+        text = textwrap.fill(f"{spec.name}: {_describe(spec)}{default}", width=100, initial_indent="  ",
+                             subsequent_indent="      ", break_long_words=False, break_on_hyphens=False)
+    if spec.description:
+        text += f"\n      {spec.description}"
+    return text
+
+
+def describe_node(spec: NodeSpec) -> str:
+    """``graphrun nodes TYPE``: a node type's docs, inputs (types, ranges, defaults), outputs and origin."""
+    lines = [f"{spec.name}  [{spec.category}]" + ("  (output node)" if spec.output else "")]
+    if spec.doc:
+        lines += ["", *("  " + line if line else "" for line in spec.doc.splitlines())]
+    lines += ["", "inputs:"] + ([_format_input(i) for i in spec.inputs] or ["  (none)"])
+    lines += ["outputs:"] + ([f"  {o.name}: {o.type_name}" for o in spec.outputs] or ["  (none)"])
+    if spec.comfy:
+        lines.append("ComfyUI: " + ", ".join(c.class_type for c in spec.comfy))
+    lines.append(f"version {spec.version}; defined in {spec.origin}")
     return "\n".join(lines)

@@ -48,14 +48,15 @@ import pstats
 import re
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from bench_report import Report, Timing, add_ratio, cold_times, failure_reason, graphrun_command, median, time_command
 
 REPO = Path(__file__).resolve().parents[1]
 GRAPH = REPO / "graphs" / "zimage_3stage.yaml"
@@ -77,47 +78,6 @@ DEFAULT_PROMPT = (
     "A young woman with long brown hair, casual summer outfit, standing on a sunny street, natural light, photo"
 )
 DEFAULT_NEGATIVE = "blurry, lowres, watermark"
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-@dataclass
-class Timing:
-    """Wall and CPU seconds of repeated runs of one side of a comparison.
-
-    With one compute thread, CPU time hardly moves when other processes load the machine, while
-    wall time can swing by 10% or more; both are reported, the wall figures being the headline.
-    """
-
-    wall: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
-
-    def measure(self, fn: Callable[[], Any], keep: bool = True) -> tuple[Any, float]:
-        """Run ``fn``; record its times when ``keep`` (False for warm-ups). Returns (result, wall)."""
-        w0, c0 = time.perf_counter(), time.process_time()
-        value = fn()
-        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        if keep:
-            self.wall.append(wall)
-            self.cpu.append(cpu)
-        return value, wall
-
-    def ms(self) -> str:
-        return f"{median(self.wall) * 1000:.1f} ms"
-
-    def cpu_note(self) -> str:
-        return f"CPU {median(self.cpu) * 1000:.1f} ms"
-
-
-def add_ratio(report: "Report", label: str, num: Timing, den: Timing, target: str, note: str = "") -> None:
-    """The median wall ratio (headline), with the CPU-time ratio and the best-of-N wall ratio."""
-    wall = median(num.wall) / median(den.wall)
-    cpu = median(num.cpu) / median(den.cpu)
-    best = min(num.wall) / min(den.wall)
-    extra = f"CPU-time ratio {cpu:.4f}; best-of-{len(num.wall)} wall ratio {best:.4f}"
-    report.add(label, f"{wall:.4f}", target, note=f"{extra}; {note}" if note else extra)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -217,41 +177,6 @@ def png_pixels(path: Path) -> Any:
 
 # ---------------------------------------------------------------------------------------------------
 # Measurements
-
-
-@dataclass
-class Row:
-    label: str
-    value: str
-    target: str = ""
-    note: str = ""
-
-
-@dataclass
-class Report:
-    rows: list[Row] = field(default_factory=list)
-
-    def add(self, label: str, value: str, target: str = "", note: str = "") -> None:
-        self.rows.append(Row(label, value, target, note))
-        print(f"  {label}: {value}" + (f"   (target {target})" if target else "") + (f"   {note}" if note else ""),
-              flush=True)
-
-    def add_timing(self, label: str, seconds: float, proc: subprocess.CompletedProcess) -> None:
-        if proc.returncode == 0:
-            self.add(label, f"{seconds * 1000:.0f} ms")
-        else:
-            self.add(label, "n/a", note=failure_reason(proc))
-
-    def table(self) -> str:
-        head = ("measure", "value", "target", "note")
-        cells = [head] + [(r.label, r.value, r.target, r.note) for r in self.rows]
-        widths = [max(len(c[i]) for c in cells) for i in range(3)]
-        lines = []
-        for k, c in enumerate(cells):
-            lines.append("  ".join(c[i].ljust(widths[i]) for i in range(3)) + "  " + c[3])
-            if k == 0:
-                lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 4)
-        return "\n".join(line.rstrip() for line in lines)
 
 
 def new_graph(out_dir: Path) -> Any:
@@ -428,36 +353,6 @@ def bench_cached_rerun(args: argparse.Namespace, graph: Any, report: Report) -> 
     report.add("unchanged re-run without the SaveImage body", f"{median(without_save) * 1000:.2f} ms")
 
 
-def graphrun_command() -> list[str]:
-    script = Path(sys.executable).with_name("graphrun")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "graphrun.engine.cli"]
-
-
-def time_command(
-    cmd: list[str] | Callable[[int], list[str]], repeats: int, cwd: Path
-) -> tuple[float, subprocess.CompletedProcess]:
-    """Median wall time of a fresh process; ``cmd`` may depend on the repeat (distinct outputs)."""
-    times: list[float] = []
-    proc: subprocess.CompletedProcess | None = None
-    for k in range(repeats):
-        args = cmd(k) if callable(cmd) else cmd
-        t0 = time.perf_counter()
-        proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
-        times.append(time.perf_counter() - t0)
-        if proc.returncode != 0:
-            break
-    assert proc is not None
-    return median(times), proc
-
-
-def failure_reason(proc: subprocess.CompletedProcess) -> str:
-    lines = [line.strip() for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-    # The first line that names an error says more than the last ("run with --debug ...").
-    errors = [line for line in lines if "error" in line.lower()]
-    line = errors[0] if errors else (lines[-1] if lines else "no output")
-    return f"exit {proc.returncode}: {line[:160]}"
-
-
 def bench_cli(args: argparse.Namespace, out: Path, report: Report) -> None:
     print("\n[5] cold CLI (fresh processes)", flush=True)
     repeats = max(1, min(args.repeats, 3))
@@ -513,21 +408,6 @@ print(json.dumps(seconds))
 SAMPLING_TYPES = ("Sampler", "SamplerCustom", "KSampler")
 
 
-def cold_times(cmd: list[str] | Callable[[int], list[str]], repeats: int) -> tuple[list[float], subprocess.CompletedProcess]:
-    """Wall seconds of ``repeats`` fresh processes (stops at the first failure)."""
-    times: list[float] = []
-    proc: subprocess.CompletedProcess | None = None
-    for k in range(repeats):
-        args = cmd(k) if callable(cmd) else cmd
-        t0 = time.perf_counter()
-        proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
-        times.append(time.perf_counter() - t0)
-        if proc.returncode != 0:
-            break
-    assert proc is not None
-    return times, proc
-
-
 def add_cold(report: Report, label: str, times: list[float], proc: subprocess.CompletedProcess) -> None:
     if proc.returncode != 0:
         report.add(label, "n/a", note=failure_reason(proc))
@@ -543,12 +423,12 @@ def bench_cold_start(args: argparse.Namespace, out: Path, report: Report) -> Non
     cli = graphrun_command()
     for label, argv in (("--help", ["--help"]), ("nodes", ["nodes"]), ("validate graphs/zimage_3stage.yaml",
                                                                           ["validate", str(GRAPH)])):
-        times, proc = cold_times(cli + argv, repeats)
+        times, proc = cold_times(cli + argv, repeats, REPO)
         add_cold(report, f"cold `graphrun {label}`", times, proc)
 
     runs = max(1, min(args.repeats, 3))
     times, proc = cold_times(
-        lambda k: cli + [str(GRAPH), "--out", str(out / f"cold_{k}"), "--progress", "json"], runs)
+        lambda k: cli + [str(GRAPH), "--out", str(out / f"cold_{k}"), "--progress", "json"], runs, REPO)
     add_cold(report, "cold `graphrun graphs/zimage_3stage.yaml` (tiny)", times, proc)
     if proc.returncode == 0:
         # The last run's node times (its progress events) against its wall time.
@@ -594,7 +474,7 @@ def bench_cold_start(args: argparse.Namespace, out: Path, report: Report) -> Non
     else:
         report.add("  import_model_libraries()", "n/a", note=failure_reason(proc))
     for module in ("networkx", "pydantic", "graphrun.engine.cli"):
-        times, proc = cold_times([sys.executable, "-c", f"import {module}"], repeats)
+        times, proc = cold_times([sys.executable, "-c", f"import {module}"], repeats, REPO)
         add_cold(report, f"  import {module} (alone, incl. startup)", times, proc)
 
 

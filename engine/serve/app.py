@@ -431,16 +431,21 @@ def _routes(server: Server) -> web.RouteTableDef:
             return _json_error(503, "queue_full", "The queue is full", f"{exc}; wait for prompts to finish")
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
 
-    @routes.post("/queue")
-    async def post_queue(request: web.Request) -> web.Response:
+    async def clear_or_delete(request: web.Request, clear: Callable[[], None],
+                              delete: Callable[[str], Any]) -> web.Response:
+        """ComfyUI's ``{"clear": true}`` / ``{"delete": [ids]}`` bodies of POST /queue and POST /history."""
         body = await _json_body(request)
         if not isinstance(body, dict):
             return _json_error(400, "invalid_request", "the body must be a JSON object")
         if body.get("clear"):
-            server.queue.clear()
+            clear()
         for prompt_id in body.get("delete") or []:
-            server.queue.delete(str(prompt_id))
+            delete(str(prompt_id))
         return web.Response(status=200)
+
+    @routes.post("/queue")
+    async def post_queue(request: web.Request) -> web.Response:
+        return await clear_or_delete(request, server.queue.clear, server.queue.delete)
 
     @routes.post("/interrupt")
     async def interrupt(request: web.Request) -> web.Response:
@@ -461,14 +466,7 @@ def _routes(server: Server) -> web.RouteTableDef:
 
     @routes.post("/history")
     async def post_history(request: web.Request) -> web.Response:
-        body = await _json_body(request)
-        if not isinstance(body, dict):
-            return _json_error(400, "invalid_request", "the body must be a JSON object")
-        if body.get("clear"):
-            server.queue.clear_history()
-        for prompt_id in body.get("delete") or []:
-            server.queue.delete_history(str(prompt_id))
-        return web.Response(status=200)
+        return await clear_or_delete(request, server.queue.clear_history, server.queue.delete_history)
 
     return routes
 
@@ -545,11 +543,12 @@ def _view_response(path: Path, query: Any) -> web.StreamResponse:
     return web.FileResponse(path, headers={**headers, "Content-Type": content_type})
 
 
-def _frontend_version() -> str:
+def _package_version(name: str) -> str:
+    """An installed package's version, "" when it is not installed."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("comfyui-frontend-package")
+        return version(name)
     except PackageNotFoundError:
         return ""
 
@@ -567,12 +566,6 @@ def _system_stats(comfy_version: str) -> dict[str, Any]:
     """ComfyUI's /system_stats; ``comfyui_version`` is the ComfyUI whose behaviour the server follows."""
     import torch
 
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        graphrun_version = version("graphrun")
-    except PackageNotFoundError:
-        graphrun_version = ""
     ram_total, ram_free = _memory()
     devices = []
     if torch.cuda.is_available():
@@ -588,8 +581,8 @@ def _system_stats(comfy_version: str) -> dict[str, Any]:
     return {
         "system": {
             "os": sys.platform, "ram_total": ram_total, "ram_free": ram_free,
-            "comfyui_version": comfy_version, "graphrun_version": graphrun_version,
-            "required_frontend_version": _frontend_version(), "installed_templates_version": "",
+            "comfyui_version": comfy_version, "graphrun_version": _package_version("graphrun"),
+            "required_frontend_version": _package_version("comfyui-frontend-package"), "installed_templates_version": "",
             "required_templates_version": "", "python_version": sys.version,
             "pytorch_version": torch.__version__, "embedded_python": False, "argv": sys.argv,
             "platform": platform.platform(),
