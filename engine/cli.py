@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--comfy",
         metavar="VERSION",
-        help="ComfyUI version whose behaviour to follow: 0.18.1 (default) or 2025.10; overrides the graph's `comfy:`",
+        help="ComfyUI version whose behaviour to follow: 0.33 (default), 0.18.1 or 2025.10; overrides the graph's `comfy:`",
     )
     p.add_argument(
         "--progress", choices=["auto", "plain", "json", "none"], default="auto", help="progress output on stderr"

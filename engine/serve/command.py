@@ -35,7 +35,7 @@ def add_serve_parser(sub: Any, add_model_paths: AddOptions, add_common: AddOptio
     p.add_argument("--user-dir", default="user", metavar="DIR", help="what the web editor saves (default: ./user)")
     p.add_argument("--device", help="cuda, cuda:1, cpu, mps (default: CUDA when available)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="model dtype (default: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--comfy", metavar="VERSION", help="ComfyUI version whose behaviour to follow (default 0.18.1)")
+    p.add_argument("--comfy", metavar="VERSION", help="ComfyUI version whose behaviour to follow: 0.33 (default), 0.18.1 or 2025.10")
     p.add_argument("--max-queue", type=int, default=100, metavar="N", help="pending prompts accepted (default 100)")
     p.add_argument("--max-upload-mb", type=float, default=100, metavar="MB",
                    help="largest request body or upload (default 100 MB, as ComfyUI)")
