@@ -15,6 +15,7 @@ from typing import Any
 
 from .cache import DEFAULT_BUDGET, ResultCache
 from .context import Context, Interrupted, RunOptions, effective_comfy_version
+from .node import Written
 from .progress import Event, Reporter, quiet
 from .validate import BoundGraph, BoundNode, needed_nodes
 
@@ -125,6 +126,8 @@ def returned_paths(value: Any) -> list[Path]:
     def walk(item: Any) -> None:
         if isinstance(item, Path):
             found.append(item)
+        elif isinstance(item, Written):
+            walk(item.files)
         elif isinstance(item, (list, tuple)):
             for v in item:
                 walk(v)
@@ -261,6 +264,9 @@ class Runner:
         # An output node's end event names the files it wrote (servers report them as they appear).
         info = {"files": [str(p) for p in returned_paths(returned)]} if spec.output else {}
         report(Event("end", node.id, spec.name, index, total, seconds=seconds, info=info))
+        if isinstance(returned, Written):
+            result.outputs[node.id] = returned.files
+            return as_outputs(node, returned.value)
         if spec.output:
             result.outputs[node.id] = returned
         return as_outputs(node, returned)
@@ -304,7 +310,8 @@ def as_outputs(node: BoundNode, returned: Any) -> tuple[Any, ...]:
     if len(spec.outputs) == 0:
         return ()
     if len(spec.outputs) == 1:
-        return (returned,)
+        # A one-field NamedTuple names its output (``images`` rather than the type's ``image``).
+        return tuple(returned) if isinstance(returned, tuple) and hasattr(returned, "_fields") else (returned,)
     outputs = tuple(returned)
     if len(outputs) != len(spec.outputs):
         raise NodeFailed(node.id, spec.name, TypeError(f"returned {len(outputs)} values, declared {len(spec.outputs)}"))

@@ -7,7 +7,9 @@ wrapped in ``Annotated[..., Field(...)]`` for ranges and descriptions) are primi
 that take literals, ``$params`` or links. ``Annotated[str, Choices(provider)]`` is a choice
 list that follows a registry: ``provider()`` is asked for the current values whenever the
 input is validated, described or put in a schema (so plugins can add values). The return
-annotation gives the outputs: one type, or a ``NamedTuple`` for several. The docstring is the help text users read with
+annotation gives the outputs: one type, or a ``NamedTuple`` for several. An output node (``output=True``)
+that also passes a value on returns ``Written[T]``: the value its output sockets carry plus the files it
+wrote (ComfyUI 0.33's SaveImage outputs its images). The docstring is the help text users read with
 ``graphrun nodes NAME``.
 
 This module must not import torch: validation and conversion run without it.
@@ -23,7 +25,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any, Callable, ClassVar, Iterable, Literal, get_args, get_origin
+from typing import Annotated, Any, Callable, ClassVar, Generic, Iterable, Literal, TypeVar, get_args, get_origin
 
 from pydantic import AfterValidator, TypeAdapter
 from pydantic.fields import FieldInfo
@@ -49,6 +51,18 @@ PRIMITIVE_NAMES: dict[type, str] = {int: "INT", float: "FLOAT", str: "STRING", b
 
 
 REQUIRED: Any = inspect.Parameter.empty
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Written(Generic[T]):
+    """What an output node returns when it also has outputs: ``value`` goes to its output sockets (one
+    value, or a tuple for several), ``files`` are the paths it wrote, reported as every output node's
+    files are. Annotate the node ``-> Written[Image]``."""
+
+    value: T
+    files: list[Path]
 
 
 @dataclass(frozen=True)
@@ -381,7 +395,9 @@ def node(
                 )
             inputs.append(_input_spec(fn.__name__, param, hint))
         returns = hints.get("return", None)
-        if output and not (_is_socket(returns) or _primitive_name(returns) or _is_named_tuple(returns)):
+        if output and get_origin(returns) is Written:
+            returns = get_args(returns)[0]
+        elif output and not (_is_socket(returns) or _primitive_name(returns) or _is_named_tuple(returns)):
             returns = None  # an output node's result (e.g. written paths) is reported, not linked
         outputs = _output_specs(fn.__name__, returns)
         spec = NodeSpec(
