@@ -18,20 +18,20 @@ What these nodes promise about files:
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any, Iterator, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 from pydantic import Field
 
 from graphrun.engine.context import Context
-from graphrun.engine.node import CheckEnv, Comfy, Problem, node
+from graphrun.engine.node import CheckEnv, Comfy, Problem, Written, node
 
+from .image_decode import decode_image, uses_pyav, without_pil_bomb_check as _without_pil_bomb_check
 from .types import Image, Mask
 
 _BACKEND_TOKENS = ("width", "height", "year", "month", "day", "hour", "minute", "second")
@@ -42,6 +42,12 @@ MAX_PIXELS_ENV = "GRAPHRUN_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
 
 # --- LoadImage -----------------------------------------------------------------------------------------------------
+
+
+class SavedImages(NamedTuple):
+    """What SaveImage and PreviewImage pass on: the images they saved (ComfyUI 0.33's ``images``)."""
+
+    images: Image
 
 
 class LoadedImage(NamedTuple):
@@ -73,24 +79,6 @@ def max_image_pixels() -> int | None:
     if value < 0:
         raise ValueError(f"{MAX_PIXELS_ENV}={text!r} is negative; give a number of pixels (0 = no limit)")
     return value or None
-
-
-_PIL_LIMIT_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _without_pil_bomb_check() -> Iterator[None]:
-    """PIL refuses images over 2 x its MAX_IMAGE_PIXELS on its own; graphrun's limit (checked first) replaces it,
-    so a user who raises GRAPHRUN_MAX_IMAGE_PIXELS gets what they asked for."""
-    from PIL import Image as PILImage
-
-    with _PIL_LIMIT_LOCK:
-        previous = PILImage.MAX_IMAGE_PIXELS
-        PILImage.MAX_IMAGE_PIXELS = None
-        try:
-            yield
-        finally:
-            PILImage.MAX_IMAGE_PIXELS = previous
 
 
 def _frame_count(img: Any) -> int:
@@ -175,46 +163,25 @@ def _resolve_input(ctx: Context, name: str) -> Path:
 def load_image(ctx: Context, image: Annotated[str, Field(description="image file path")]) -> LoadedImage:
     """Load an image file as IMAGE plus a MASK from its alpha channel (ComfyUI LoadImage).
 
-    All frames of the same size as the first are stacked into a batch; EXIF orientation is
-    applied; the mask is 1 - alpha (zeros 64x64 when the image has no alpha). Images over
+    ComfyUI 0.33 (the default) decodes through FFmpeg (PyAV): 16-bit PNGs keep their precision,
+    JPEG pixels can differ from PIL's by a few levels, rotation metadata (EXIF orientation) turns
+    the image in steps of 90 degrees, every frame is stacked into a batch and the mask is
+    1 - alpha (palette images included), else zeros 64x64; files FFmpeg decodes no frame of
+    (animated WebP) go through PIL. `--comfy 0.18.1` decodes with PIL in 8 bits per channel
+    as ComfyUI v0.18.1 did (frames of the first frame's size, EXIF transpose). Images over
     GRAPHRUN_MAX_IMAGE_PIXELS pixels (default 64 megapixels; 0 = no limit) are refused before
     they are decoded, like corrupt or truncated files, at validation.
     """
-    import numpy as np
-    import torch
-    from PIL import Image as PILImage, ImageOps, ImageSequence
-
     path = _resolve_input(ctx, image)
-    problem = image_problem(path, max_image_pixels(), decode=False)  # the file may have changed since validation
+    limit = max_image_pixels()
+    pyav = uses_pyav(ctx.comfy_version)
+    # The file may have changed since validation (or its name came from another node). FFmpeg decodes a
+    # truncated JPEG without complaint, so the PyAV path has PIL decode it completely first.
+    problem = image_problem(path, limit, decode=pyav)
     if problem is not None:
         raise ValueError(problem)
-    images, masks = [], []
-    try:
-        with _without_pil_bomb_check(), PILImage.open(path) as img:
-            size = None
-            for frame in ImageSequence.Iterator(img):
-                frame = ImageOps.exif_transpose(frame)
-                if frame.mode == "I":
-                    frame = frame.point(lambda v: v * (1 / 255))
-                rgb = frame.convert("RGB")
-                if size is None:
-                    size = rgb.size
-                elif rgb.size != size:
-                    continue
-                images.append(torch.from_numpy(np.array(rgb).astype(np.float32) / 255.0))
-                if "A" in frame.getbands():
-                    alpha = np.array(frame.getchannel("A")).astype(np.float32) / 255.0
-                    masks.append(1.0 - torch.from_numpy(alpha))
-                elif frame.mode == "P" and "transparency" in frame.info:
-                    alpha = np.array(frame.convert("RGBA").getchannel("A")).astype(np.float32) / 255.0
-                    masks.append(1.0 - torch.from_numpy(alpha))
-                else:
-                    masks.append(torch.zeros((64, 64), dtype=torch.float32))
-                if img.format == "MPO":
-                    break  # MPO extra frames are depth maps, not animation
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ValueError(f"image '{path}' is corrupt or truncated ({exc})") from exc
-    return LoadedImage(torch.stack(images), torch.stack(masks))
+    decoded = decode_image(path, ctx.comfy_version, limit)
+    return LoadedImage(decoded.image, decoded.mask)
 
 
 # --- file names in the output folder -----------------------------------------------------------------------------
@@ -566,7 +533,7 @@ def save_image(
     filename_prefix: Annotated[
         str, Field(description="file name prefix, may contain subfolders and %width% %height% %year% ...")
     ] = "ComfyUI",
-) -> list[Path]:
+) -> Written[SavedImages]:
     """Save images as PNG in the output folder (`--out`) like ComfyUI: prefix_00001_.png, ...
 
     The counter continues after existing files; each file is written atomically, never
@@ -574,7 +541,7 @@ def save_image(
     the graph as ComfyUI's `prompt` and `workflow` chunks (it opens in ComfyUI) and as graphrun's
     own chunk with the params used (`graphrun IMAGE.png --set seed=5` re-runs it). A prefix
     that leaves the output folder, is empty or too long is an error at validation.
-    Returns the written paths.
+    Outputs the images unchanged, as ComfyUI 0.33's SaveImage does, so a graph can go on after saving.
     """
     batch, height, width = images.shape[0], images.shape[1], images.shape[2]
     folder, filename, counter = save_path(ctx.output_dir, filename_prefix, width, height)
@@ -586,7 +553,7 @@ def save_image(
         counter += 1
         written.append(path)
         ctx.progress(index + 1, batch)
-    return written
+    return Written(SavedImages(images), written)
 
 
 @node(
@@ -596,12 +563,13 @@ def save_image(
     comfy=Comfy("PreviewImage", display_name="Preview Image"),
     check=_check_preview,
 )
-def preview_image(ctx: Context, images: Image) -> list[Path]:
-    """Save images to a temporary preview folder (`<out>/.preview`), not the outputs."""
+def preview_image(ctx: Context, images: Image) -> Written[SavedImages]:
+    """Save images to a temporary preview folder (`<out>/.preview`), not the outputs; outputs the images
+    unchanged (ComfyUI 0.33)."""
     folder = ctx.output_dir / ".preview"
     suffix = "".join(secrets.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
     written = []
     for index in range(images.shape[0]):
         path, _ = write_png_exclusive(to_uint8(images[index]), folder, f"preview_{suffix}", 1, None, compress_level=1)
         written.append(path)
-    return written
+    return Written(SavedImages(images), written)

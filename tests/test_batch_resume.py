@@ -143,7 +143,7 @@ def test_what_counts_as_changed_graph_files_comfy_and_old_folders(
     assert run_cli(str(graph), "--batch", str(rows), "--out", str(out)) == 0
 
     assert run_cli(str(graph), "--batch", str(rows), "--out", str(out), "--comfy", "2025.10") == 2
-    assert "comfy 0.18.1 -> 2025.10" in capsys.readouterr().err
+    assert "comfy 0.33 -> 2025.10" in capsys.readouterr().err
 
     doc["nodes"]["base"]["value"] = 200  # the graph itself edited
     write_graph(tmp_path, doc)
