@@ -43,7 +43,8 @@ class Graph:
     def _env(self) -> CheckEnv:
         graph_dir = Path(self.document.file).parent if self.document.file else None
         options = self.runner.options
-        return CheckEnv(graph_dir=graph_dir, options={**options.extra, "output_dir": str(options.output_dir)})
+        return CheckEnv(graph_dir=graph_dir, options={**options.extra, "output_dir": str(options.output_dir)},
+                        comfy_version=options.comfy or "")
 
     def validate(self, **params: Any) -> list[Diagnostic]:
         """Every diagnostic (errors and warnings) with these params applied."""

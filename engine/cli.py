@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a graph and print every problem found")
     _add_graph_inputs(p)
     p.add_argument("--json", action="store_true", help="diagnostics as JSON on stdout")
+    p.add_argument("--comfy", metavar="VERSION",
+                   help="validate for this ComfyUI version's behaviour (as `run --comfy`); default: the graph's, else 0.33")
     _add_common(p)
 
     p = sub.add_parser("params", help="list a graph's params, and the node inputs --set can change")
@@ -263,7 +265,8 @@ def _check_env(args: argparse.Namespace, doc: Any):
         raise CliError(str(exc)) from None
     if getattr(args, "out", None) is not None:  # `run` only: output nodes check the folder they will write to
         options["output_dir"] = args.out
-    return CheckEnv(graph_dir=Path(doc.file).parent if doc.file else None, options=options)
+    return CheckEnv(graph_dir=Path(doc.file).parent if doc.file else None, options=options,
+                    comfy_version=_check_comfy(getattr(args, "comfy", None)))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

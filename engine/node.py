@@ -169,11 +169,14 @@ class Comfy:
 
 @dataclass(frozen=True)
 class CheckEnv:
-    """What a node's pre-run ``check`` may consult: where the graph file lives and the run's
-    file-search settings. Checks must be cheap (no model loading)."""
+    """What a node's pre-run ``check`` may consult: where the graph file lives, the run's
+    file-search settings and the ComfyUI version it follows. Checks must be cheap (no model loading)."""
 
     graph_dir: Path | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    comfy_version: str = ""
+    """The run's ``comfy`` option as given (``--comfy``); validation replaces it with the version the run
+    follows (the option, else the graph's ``comfy:``, else the default), so checks see a canonical name."""
 
 
 @dataclass(frozen=True)

@@ -476,6 +476,22 @@ def needed_nodes(bound: dict[str, BoundNode]) -> set[str]:
     return needed
 
 
+def _with_comfy_version(env: CheckEnv, doc: Document) -> CheckEnv:
+    """``env`` with the ComfyUI version the run follows; an unknown name is reported elsewhere (GR002 for
+    the graph's key, a usage error for ``--comfy``), so the checks then see the default."""
+    from dataclasses import replace
+
+    from .comfy.versions import resolve_comfy_version
+
+    for name in (env.comfy_version, getattr(doc, "comfy", "")):
+        if name:
+            try:
+                return replace(env, comfy_version=resolve_comfy_version(name))
+            except ValueError:
+                continue
+    return replace(env, comfy_version=resolve_comfy_version(None))
+
+
 def _run_node_checks(doc: Document, bound: dict[str, BoundNode], env: CheckEnv, diags: list[Diagnostic]) -> None:
     """Each node type's own cheap pre-run checks (files exist, ...), on fully bound literals."""
     for node in bound.values():
@@ -530,6 +546,7 @@ def _check(
             bound[node_id] = node
     if env is None:
         env = CheckEnv(graph_dir=Path(doc.file).parent if doc.file else None)
+    env = _with_comfy_version(env, doc)
     _run_node_checks(doc, bound, env, diags)
     bound = _check_links(doc, bound, diags)
     has_cycle = _check_cycles(doc, bound, diags)

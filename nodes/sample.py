@@ -1,5 +1,5 @@
 """Sampling nodes: Sampler (KSampler), SamplerAdvanced, and the custom-sampling family
-(SamplerCustom, SamplerCustomAdvanced, KSamplerSelect, BasicScheduler, RandomNoise,
+(SamplerCustom, SamplerCustomAdvanced, KSamplerSelect, SamplerER_SDE, SamplerLCM, BasicScheduler, RandomNoise,
 DisableNoise, CFGGuider, BasicGuider, SplitSigmas).
 
 The math lives in ``graphrun.nodes.sampling`` as pure functions reproducing ComfyUI bit for
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 from pydantic import Field
 
 from graphrun.engine.context import Context
-from graphrun.engine.node import Choices, Comfy, node
+from graphrun.engine.node import CheckEnv, Choices, Comfy, Problem, node
 
 from .latent import LatentValue
 from .sampling.registry import sampler_names, scheduler_names
@@ -273,6 +273,89 @@ def ksampler_select(sampler: SamplerName = "euler") -> Sampler:
     from .sampling.samplers import get_sampler
 
     return get_sampler(sampler)
+
+
+ErSdeSolver = Literal["ER-SDE", "Reverse-time SDE", "ODE"]
+#: How ComfyUI's editor shows SamplerER_SDE's float widgets (0.01 a click, no rounding, advanced inputs).
+_ER_SDE_FLOAT = {"step": 0.01, "round": False, "advanced": True}
+
+
+def _er_sde_eta_problem(eta: Any, comfy_version: str) -> str | None:
+    """Why ``eta`` is out of the followed ComfyUI's range (the input accepts v0.18.1's 100; ComfyUI 0.32
+    lowered the maximum to 10, commit 40e46c71), else None."""
+    from graphrun.engine.comfy.versions import comfy_at_least
+
+    from .sampling.samplers.exponential import ER_SDE_ETA_MAX_033
+
+    if not isinstance(eta, (int, float)) or not comfy_at_least(comfy_version, "0.33") or eta <= ER_SDE_ETA_MAX_033:
+        return None
+    return (f"input 'eta' is {eta:g}, above the maximum of {ER_SDE_ETA_MAX_033:g} that ComfyUI 0.33 allows; "
+            f"set eta to {ER_SDE_ETA_MAX_033:g} or less, or run with --comfy 0.18.1 (maximum 100, where eta "
+            "does not apply to the ER-SDE solver type)")
+
+
+def _check_er_sde(literals: dict[str, Any], env: CheckEnv) -> list[Problem]:
+    problem = _er_sde_eta_problem(literals.get("eta"), env.comfy_version)
+    return [Problem("eta", problem)] if problem else []
+
+
+@node(
+    "SamplerER_SDE",
+    category="sampling/custom",
+    comfy=Comfy(
+        "SamplerER_SDE", category="sampling/custom_sampling/samplers",
+        options={"max_stage": ADVANCED, "eta": _ER_SDE_FLOAT, "s_noise": _ER_SDE_FLOAT},
+    ),
+    check=_check_er_sde,
+)
+def sampler_er_sde(
+    ctx: Context,
+    solver_type: ErSdeSolver = "ER-SDE",
+    max_stage: Annotated[int, Field(ge=1, le=3, description="solver order: 1 Euler, 2 and 3 add corrections")] = 3,
+    eta: Annotated[float, Field(ge=0.0, le=100.0, description=(
+        "stochastic strength; 0 gives the ODE. At most 10 under ComfyUI 0.33 (the default setting); "
+        "under --comfy 0.18.1 up to 100, and it applies to the Reverse-time SDE only"))] = 1.0,
+    s_noise: Annotated[float, Field(ge=0.0, le=100.0, description="scale of the injected noise")] = 1.0,
+) -> Sampler:
+    """The ER-SDE sampler with its options (ComfyUI SamplerER_SDE), for SamplerCustom(Advanced).
+
+    Following ComfyUI 0.33 (0.32 on), eta scales the noise of every solver type: the ER-SDE solver
+    uses x (e^(x^0.3) + 10)^eta, the reverse-time SDE x^(eta + 1), and eta 0 runs the ODE (no noise).
+    With ``--comfy 0.18.1`` eta applies to the reverse-time SDE only, as it did there.
+    """
+    from graphrun.engine.comfy.versions import comfy_at_least
+
+    from .sampling.samplers import get_sampler
+    from .sampling.samplers.exponential import er_sde_options
+
+    current = comfy_at_least(ctx.comfy_version, "0.33")
+    problem = _er_sde_eta_problem(eta, ctx.comfy_version)  # a linked eta, checked when it is known
+    if problem:
+        raise ValueError(problem)
+    return get_sampler("er_sde", er_sde_options(solver_type, max_stage, eta, s_noise, eta_scales_er_sde=current))
+
+
+@node(
+    "SamplerLCM",
+    category="sampling/custom",
+    comfy=Comfy("SamplerLCM", category="sampling/custom_sampling/samplers",
+                options={"s_noise": {"step": 0.01}, "s_noise_end": {"step": 0.01}, "noise_clip_std": {"step": 0.01}}),
+)
+def sampler_lcm(
+    s_noise: Annotated[float, Field(ge=0.0, le=64.0, description="noise factor at the first step (1: as trained)")] = 1.0,
+    s_noise_end: Annotated[float, Field(ge=0.0, le=64.0, description=(
+        "noise factor at the last step, linear in between"))] = 1.0,
+    noise_clip_std: Annotated[float, Field(ge=0.0, le=10.0, description=(
+        "clamp the noise to +- this many standard deviations; 0: no clamp"))] = 0.0,
+) -> Sampler:
+    """The LCM sampler with tunable re-noising (ComfyUI 0.33's SamplerLCM), for SamplerCustom(Advanced).
+
+    The defaults are KSampler's lcm. ComfyUI v0.18.1 had no such node; graphrun runs it under every
+    setting.
+    """
+    from .sampling.samplers import get_sampler
+
+    return get_sampler("lcm", {"s_noise": s_noise, "s_noise_end": s_noise_end, "noise_clip_std": noise_clip_std})
 
 
 @node(

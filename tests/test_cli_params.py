@@ -268,7 +268,9 @@ def test_a_primitive_node_drives_all_the_seeds_it_feeds(tmp_path, capsys):
                  "--progress", "none"]) == 0
     a = [(out / f"a_{i}.txt").read_text() for i in range(3)]
     b = [(out / f"b_{i}.txt").read_text() for i in range(3)]
-    assert a == b and a[0] == "7" and len(set(a)) == 3  # randomize (within SeedEcho's 0..100)
+    # randomize draws within SeedEcho's 0..100: two draws may repeat a value (1 in 101), both repeating 7
+    # only 1 in 10^4 times
+    assert a == b and a[0] == "7" and len(set(a)) >= 2 and all(0 <= int(v) <= 100 for v in a)
 
 
 def test_count_records_each_seed_in_the_png(tmp_path, capsys):

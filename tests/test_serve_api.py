@@ -1,5 +1,8 @@
-"""graphrun serve speaks ComfyUI v0.18.1's API: the routes, the WebSocket events and the error answers a
-ComfyUI client relies on, checked with plain aiohttp clients against a server on a thread (tiny model)."""
+"""graphrun serve speaks ComfyUI's API: the routes, the WebSocket events and the error answers a ComfyUI
+client relies on, checked with plain aiohttp clients against a server on a thread (tiny model). The server
+follows ComfyUI 0.33 by default (UUID prompt ids, job cancels, cycle errors, /system_stats fields); under
+``--comfy 0.18.1`` it keeps v0.18.1's shapes where they differ. Exact answers below were read from real
+ComfyUI 0.33 (de6b062f, ``main.py --cpu``) with curl."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +233,9 @@ def test_jobs_api_lists_finished_and_pending_prompts(srv: BackgroundServer) -> N
     answer, _ = run(queue_and_listen(srv.url, small_prompt(seed=31, prefix="jobs"), "jobs"))
     _, listing = run(request(f"{srv.url}/api/jobs", params={"status": "completed", "limit": "50"}))
     job = next(j for j in listing["jobs"] if j["id"] == answer["prompt_id"])
-    assert job["status"] == "completed" and job["outputs_count"] == 1
+    assert job["status"] == "completed" and job["outputs_count"] == 1 and job["previewable_outputs_count"] == 1
+    assert list(job) == ["id", "status", "priority", "create_time", "execution_start_time", "execution_end_time",
+                         "outputs_count", "previewable_outputs_count", "preview_output"]  # ComfyUI 0.33's order
     assert job["preview_output"]["filename"].startswith("jobs") and job["preview_output"]["nodeId"] == "10"
     assert job["execution_end_time"] >= job["execution_start_time"] >= job["create_time"]
     assert listing["pagination"]["limit"] == 50 and listing["pagination"]["total"] >= 1
@@ -241,7 +247,123 @@ def test_jobs_api_lists_finished_and_pending_prompts(srv: BackgroundServer) -> N
     assert run(request(f"{srv.url}/api/jobs", params={"limit": "0"}))[0] == 400
 
 
+# --- ComfyUI 0.33: client prompt ids, job cancels ----------------------------------------------------------------
+
+INVALID_PROMPT_ID = {  # real ComfyUI 0.33's answer, byte for byte the same JSON
+    "error": {"type": "invalid_prompt_id", "message": "prompt_id must be a valid UUID",
+              "details": "prompt_id must be a UUID string in canonical lowercase hyphenated form; omit it to let the "
+                         "server generate one", "extra_info": {}},
+    "node_errors": {}}
+
+
+@pytest.mark.parametrize("prompt_id", ["ABC", "0E984725-C51C-4BF4-9960-E1C80E27ABA0",
+                                       "0e984725c51c4bf49960e1c80e27aba0", "{0e984725-c51c-4bf4-9960-e1c80e27aba0}",
+                                       "", 123, ["x"]])
+def test_a_client_prompt_id_must_be_a_canonical_uuid(srv: BackgroundServer, prompt_id: Any) -> None:
+    status, body = run(request(f"{srv.url}/prompt", "POST", json={"prompt": small_prompt(), "prompt_id": prompt_id}))
+    assert (status, body) == (400, INVALID_PROMPT_ID)
+
+
+def test_a_canonical_client_prompt_id_is_kept_and_null_gets_a_new_one(srv: BackgroundServer) -> None:
+    mine = str(uuid.uuid4())
+    answer, messages = run(queue_and_listen(srv.url, small_prompt(seed=51), "ids", prompt_id=mine))
+    assert answer["prompt_id"] == mine and all(m["data"]["prompt_id"] == mine for m in messages
+                                               if m["type"] in ("execution_start", "executed", "execution_success"))
+    status, made = run(request(f"{srv.url}/prompt", "POST", json={"prompt": small_prompt(seed=52), "prompt_id": None},
+                               headers={"Comfy-Usage-Source": "my-app"}))
+    assert status == 200 and str(uuid.UUID(made["prompt_id"])) == made["prompt_id"]
+    extra = wait_history(srv.url, made["prompt_id"])["prompt"][3]
+    assert extra["comfy_usage_source"] == "my-app"  # 0.33 hands the header on in extra_data
+
+
+def _wait_running(url: str, prompt_id: str) -> None:
+    deadline = time.time() + 60
+    while [i[1] for i in run(request(f"{url}/queue"))[1]["queue_running"]] != [prompt_id]:
+        assert time.time() < deadline, f"{prompt_id} never ran"
+        time.sleep(0.05)
+
+
+def test_cancelling_jobs_dequeues_pending_interrupts_running_and_ignores_the_rest(srv: BackgroundServer) -> None:
+    post = lambda body: run(request(f"{srv.url}/prompt", "POST", json=body))[1]["prompt_id"]  # noqa: E731
+    long_id = post({"prompt": small_prompt(seed=61, steps=400)})
+    pending = [post({"prompt": small_prompt(seed=s)}) for s in (62, 63)]
+    _wait_running(srv.url, long_id)
+
+    cancel = lambda job: run(request(f"{srv.url}/api/jobs/{job}/cancel", "POST"))  # noqa: E731
+    assert cancel(pending[0]) == (200, {"cancelled": True})
+    assert cancel(pending[0]) == (200, {"cancelled": False})  # gone: a no-op, not an error
+    assert [i[1] for i in run(request(f"{srv.url}/queue"))[1]["queue_pending"]] == [pending[1]]
+    assert run(request(f"{srv.url}/api/jobs/{pending[0]}"))[0] == 404  # a dequeued job never ran
+    assert cancel(long_id) == (200, {"cancelled": True})
+    record = wait_history(srv.url, long_id)
+    assert record["status"]["status_str"] == "error" and record["outputs"] == {}
+    assert [m[0] for m in record["status"]["messages"]][-1] == "execution_interrupted"
+    assert wait_history(srv.url, pending[1])["status"]["status_str"] == "success"  # the next one still runs
+    _, job = run(request(f"{srv.url}/api/jobs/{long_id}"))
+    assert job["status"] == "cancelled" and job["previewable_outputs_count"] == 0
+    assert cancel(long_id) == (200, {"cancelled": False})  # finished
+    assert cancel(str(uuid.uuid4())) == (200, {"cancelled": False})  # unknown
+    assert cancel("not-a-uuid") == (200, {"cancelled": False})  # ComfyUI checks ids in the batch route only
+
+
+def test_cancelling_a_batch_of_jobs(srv: BackgroundServer) -> None:
+    post = lambda body: run(request(f"{srv.url}/prompt", "POST", json=body))[1]["prompt_id"]  # noqa: E731
+    long_id, queued = post({"prompt": small_prompt(seed=71, steps=400)}), post({"prompt": small_prompt(seed=72)})
+    _wait_running(srv.url, long_id)
+    batch = lambda **kw: run(request(f"{srv.url}/api/jobs/cancel", "POST", **kw))  # noqa: E731
+    for data, error in ((b"", "Request body must be valid JSON"), (b"{nope", "Request body must be valid JSON"),
+                        (b"[]", "job_ids must be a list"), (b"{}", "job_ids must be a list"),
+                        (b'{"job_ids": "a"}', "job_ids must be a list")):
+        assert batch(data=data) == (400, {"error": error}), data
+    bad = ["abc", 3, {"a": 1}, "0E984725-C51C-4BF4-9960-E1C80E27ABA0", str(uuid.uuid4())]
+    assert batch(json={"job_ids": bad}) == (400, {"error": "job_ids contains invalid id(s)",
+                                                 "invalid_ids": ["abc", "3", "{'a': 1}", bad[3]]})
+    assert run(request(f"{srv.url}/prompt"))[1] == {"exec_info": {"queue_remaining": 2}}  # nothing was cancelled
+    assert batch(json={"job_ids": []}) == (200, {"cancelled": False})
+    assert batch(json={"job_ids": [str(uuid.uuid4()), queued, long_id]}) == (200, {"cancelled": True})
+    assert wait_history(srv.url, long_id)["status"]["status_str"] == "error"
+    assert run(request(f"{srv.url}/queue"))[1]["queue_pending"] == []
+    assert batch(json={"job_ids": [long_id]}) == (200, {"cancelled": False})
+
+
 # --- ComfyUI's error answers -----------------------------------------------------------------------------------
+
+
+def _cyclic(prompt: dict[str, Any]) -> dict[str, Any]:
+    """The sampler's latent from a VAEEncode of its own decoded image: 9 -> 8 -> 21 -> 9."""
+    prompt["21"] = {"class_type": "VAEEncode", "inputs": {"pixels": ["9", 0], "vae": ["3", 0]}}
+    prompt["8"]["inputs"]["latent_image"] = ["21", 0]
+    return prompt
+
+
+def test_a_cycle_of_links_is_comfyuis_dependency_cycle_on_each_node_of_it(srv: BackgroundServer) -> None:
+    status, body = run(request(f"{srv.url}/prompt", "POST", json={"prompt": _cyclic(small_prompt())}))
+    assert status == 400 and body["error"]["type"] == "prompt_outputs_failed_validation"
+    path = "9 (VAEDecode) -> 8 (KSampler) -> 21 (VAEEncode) -> 9 (VAEDecode)"
+    assert body["node_errors"] == {  # real ComfyUI 0.33's node_errors for this prompt
+        node: {"errors": [{"type": "dependency_cycle", "message": "Dependency cycle detected", "details": path,
+                           "extra_info": {"node_id": node, "cycle_nodes": ["9", "8", "21"]}}],
+               "dependent_outputs": ["10"], "class_type": kind}
+        for node, kind in (("9", "VAEDecode"), ("8", "KSampler"), ("21", "VAEEncode"))}
+    assert list(body["node_errors"]) == ["9", "8", "21"]
+    prompt = small_prompt()
+    prompt["4"]["inputs"]["model"] = ["4", 0]  # a node fed by itself
+    _, body = run(request(f"{srv.url}/prompt", "POST", json={"prompt": prompt}))
+    (error,) = body["node_errors"]["4"]["errors"]
+    assert list(body["node_errors"]) == ["4"]
+    assert error["details"] == "4 (ModelSamplingAuraFlow) -> 4 (ModelSamplingAuraFlow)"
+    assert error["extra_info"] == {"node_id": "4", "cycle_nodes": ["4"]}
+
+
+def test_a_long_chain_of_nodes_is_walked_without_overflowing_the_stack() -> None:
+    from graphrun.engine.serve.prompts import find_cycles
+
+    chain = {str(i): {"class_type": "X", "inputs": {"a": [str(i + 1), 0]}} for i in range(5000)}
+    chain["5000"] = {"class_type": "X", "inputs": {"a": ["2500", 0]}}
+    (cycle,) = {tuple(e[0]["extra_info"]["cycle_nodes"]) for e in find_cycles(chain, ["0"]).values()}
+    assert cycle == tuple(str(i) for i in range(2500, 5001))
+    assert find_cycles({"1": {"class_type": "X", "inputs": {}}}, ["1"]) == {}
+
 
 
 def test_unknown_node_type_gets_comfyuis_missing_node_type_answer(srv: BackgroundServer) -> None:
@@ -348,6 +470,9 @@ def test_uploads_are_named_like_comfyui_and_used_by_loadimage(srv: BackgroundSer
     assert run(request(f"{srv.url}/models/no_such_folder"))[0] == 404
     _, folders = run(request(f"{srv.url}/api/experiment/models"))
     assert {f["name"] for f in folders} >= {"diffusion_models", "text_encoders", "vae", "loras"}
+    by_name = {f["name"]: f for f in folders}
+    assert by_name["diffusion_models"]["extensions"] == [".safetensors", ".sft"]  # what graphrun loads there
+    assert ".pth" in by_name["upscale_models"]["extensions"]
     _, listed = run(request(f"{srv.url}/api/experiment/models/diffusion_models"))
     assert [m["name"] for m in listed] == models and all(m["size"] > 0 for m in listed)
     assert run(request(f"{srv.url}/api/experiment/models/nowhere"))[0] == 404
@@ -400,17 +525,77 @@ def test_view_and_upload_refuse_traversal_absolute_paths_and_symlinks(srv: Backg
 # --- other routes ----------------------------------------------------------------------------------------------
 
 
+#: The keys of ComfyUI 0.33's /system_stats "system", in its order (graphrun adds graphrun_version and platform).
+SYSTEM_KEYS_033 = ["os", "ram_total", "ram_free", "comfyui_version", "required_frontend_version",
+                   "installed_templates_version", "required_templates_version", "comfy_package_versions",
+                   "python_version", "pytorch_version", "embedded_python", "deploy_environment", "argv"]
+SYSTEM_KEYS_018 = [k for k in SYSTEM_KEYS_033 if k not in ("comfy_package_versions", "deploy_environment")]
+DEVICE_KEYS = ["name", "type", "index", "vram_total", "vram_free", "torch_vram_total", "torch_vram_free"]
+
+
 def test_system_stats_features_and_embeddings(srv: BackgroundServer) -> None:
     _, stats = run(request(f"{srv.url}/system_stats"))
-    assert stats["system"]["comfyui_version"] == "0.18.1" and stats["system"]["ram_total"] > 0
-    (device,) = stats["devices"]
-    assert set(device) >= {"name", "type", "index", "vram_total", "vram_free", "torch_vram_total", "torch_vram_free"}
+    system = stats["system"]
+    assert system["comfyui_version"] == "0.33.0" and system["ram_total"] > 0
+    assert [k for k in system if k not in ("graphrun_version", "platform")] == SYSTEM_KEYS_033
+    assert system["deploy_environment"] == "graphrun"
+    (package,) = system["comfy_package_versions"]  # the editor's: graphrun needs no other comfy* package
+    assert package["name"] == "comfyui-frontend-package" and set(package) == {"name", "installed", "required"}
+    assert stats["devices"] and all(list(d) == DEVICE_KEYS for d in stats["devices"])
     _, features = run(request(f"{srv.url}/api/features"))
-    assert features["max_upload_size"] == srv.config.max_body_bytes
+    assert features == {"supports_preview_metadata": False, "supports_model_type_tags": False,
+                        "max_upload_size": srv.config.max_body_bytes, "extension": {"manager": {"supports_v4": False}},
+                        "node_replacements": False, "assets": False}
+    assert list(features)[:2] == ["supports_preview_metadata", "supports_model_type_tags"]  # 0.33's order
     assert run(request(f"{srv.url}/embeddings"))[1] == []
     status, info = run(request(f"{srv.url}/object_info/KSampler"))
     assert status == 200 and info["KSampler"]["output"] == ["LATENT"]
     assert run(request(f"{srv.url}/object_info/NoSuchNode"))[1] == {}
+
+
+def test_view_never_serves_pages_or_scripts_but_shows_svg_in_an_img(srv: BackgroundServer) -> None:
+    (srv.config.out_dir / "page.html").write_text("<script>alert(1)</script>")
+    (srv.config.out_dir / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+
+    async def headers(name: str, **extra: str) -> Any:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{srv.url}/view", params={"filename": name}, headers=extra) as response:
+                return response.headers
+
+    page = run(headers("page.html"))
+    assert page["Content-Type"] == "application/octet-stream" and page["X-Content-Type-Options"] == "nosniff"
+    assert page["Content-Disposition"] == 'attachment; filename="page.html"' and page["Cache-Control"] == "no-store"
+    as_page, as_image = run(headers("logo.svg")), run(headers("logo.svg", **{"Sec-Fetch-Dest": "image"}))
+    assert as_page["Content-Type"] == "application/octet-stream"
+    assert as_page["Content-Disposition"].startswith("attachment")
+    assert as_image["Content-Type"].startswith("image/svg+xml")
+    assert as_image["Content-Disposition"] == 'filename="logo.svg"'
+    assert as_image["Vary"] == "Sec-Fetch-Dest"
+
+
+def test_comfy_0_18_1_keeps_v0_18_1s_shapes(tmp_path: Path) -> None:
+    """--comfy 0.18.1: any prompt_id string, graphrun's own cycle error, v0.18.1's /system_stats, /features,
+    /experiment/models and jobs (the cancel routes, which the shipped editor calls, are served all the same)."""
+    from graphrun.engine.serve.job_list import finished_job
+
+    with BackgroundServer(config(tmp_path, comfy="0.18.1")) as server:
+        status, body = run(request(f"{server.url}/prompt", "POST",
+                                   json={"prompt": _cyclic(small_prompt()), "prompt_id": "my-own-id"}))
+        assert status == 400 and body["error"]["type"] == "prompt_outputs_failed_validation"  # the id passed
+        (error,) = body["node_errors"]["8"]["errors"]
+        assert error["type"] == "dependency_cycle" and "cycle_nodes" not in error["extra_info"]
+        _, stats = run(request(f"{server.url}/system_stats"))
+        assert stats["system"]["comfyui_version"] == "0.18.1" and len(stats["devices"]) == 1
+        assert [k for k in stats["system"] if k not in ("graphrun_version", "platform")] == SYSTEM_KEYS_018
+        _, features = run(request(f"{server.url}/features"))
+        assert "supports_model_type_tags" not in features
+        _, folders = run(request(f"{server.url}/experiment/models"))
+        assert folders and all(set(f) == {"name", "folders"} for f in folders)
+        assert run(request(f"{server.url}/api/jobs/{uuid.uuid4()}/cancel", "POST")) == (200, {"cancelled": False})
+    record = {"prompt": [0, "p", {}, {}, []], "outputs": {"9": {"images": [{"filename": "a.png", "type": "output"}]}},
+              "status": {"status_str": "success", "messages": []}}
+    assert "previewable_outputs_count" not in finished_job("p", record)
+    assert finished_job("p", record, previewable=True)["previewable_outputs_count"] == 1
 
 
 def test_cross_site_requests_are_refused(srv: BackgroundServer) -> None:
@@ -487,6 +672,7 @@ def test_graphrun_serve_starts_says_where_and_answers(tmp_path: Path) -> None:
         (["--port", "70000"], "--port 70000"),
         (["--models-dir", "/no/such/models"], "/no/such/models"),
         (["--max-queue", "0"], "--max-queue 0"),
+        (["--front-end-root", "."], "holds no index.html"),
     ],
 )
 def test_graphrun_serve_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:

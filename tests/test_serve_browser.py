@@ -1,5 +1,11 @@
 """ComfyUI's web editor on ``graphrun serve``, in a real headless Chromium: it starts, lists graphrun's nodes,
-loads a Z-Image workflow and runs it on the tiny model.
+loads a Z-Image workflow, runs it on the tiny model and cancels a long one.
+
+Two editors: the installed ``comfyui-frontend-package`` (graphrun[ui] pins 1.58.1) and, when
+``GRAPHRUN_TEST_FRONTEND_ROOT`` names the ``static/`` folder of another one (ComfyUI 0.33 pins 1.49.6:
+``pip download comfyui-frontend-package==1.49.6 --no-deps`` and unzip it), that one too, served with
+``--front-end-root``. Neither may log an error to the console but the ones real ComfyUI 0.33 gets as well
+(:data:`EXPECTED_CONSOLE_ERRORS`).
 
 Driver: Playwright for Python, on the system's Chromium (Debian's ``chromium``; Playwright cannot download
 its own browser builds here). It waits on JavaScript conditions and records every request and uncaught
@@ -26,7 +32,16 @@ PAGE_TIMEOUT_MS = 45_000
 RUN_TIMEOUT_S = 40.0
 #: Routes the editor must get a 200 from while it starts (ComfyUI paths under /api/).
 STARTUP_ROUTES = ("/api/users", "/api/settings", "/api/object_info", "/api/extensions", "/api/i18n",
-                  "/api/features", "/api/system_stats")
+                  "/api/features", "/api/system_stats", "/api/jobs")
+OTHER_FRONTEND_ENV = "GRAPHRUN_TEST_FRONTEND_ROOT"
+#: Console errors the editor logs on real ComfyUI 0.33 too (checked with both editors, a fresh user folder and
+#: no network): the resources a fresh user folder lacks (ComfyUI answers 404 for them), the release check
+#: (api.comfy.org, offline), and 1.49.6's own settings store reading the graph before it is made.
+EXPECTED_CONSOLE_ERRORS = (
+    ("Failed to load resource: the server responded with a status of 404", "/api/userdata"),
+    ("Failed to load resource: net::ERR_NAME_NOT_RESOLVED", "https://api.comfy.org/"),
+    ("ComfyApp graph accessed before initialization", "/assets/settingStore-"),
+)
 
 
 def _missing(reason: str) -> None:
@@ -75,15 +90,39 @@ def _history(url: str) -> dict[str, Any]:
         return json.loads(response.read())
 
 
-def test_editor_loads_lists_graphrun_nodes_and_runs_a_workflow(tmp_path: Path) -> None:
+def _frontend(which: str) -> Path | None:
+    """The editor's static folder to serve: None for the installed package's."""
+    from graphrun.engine.serve import editor
+
+    if which == "installed":
+        if editor.frontend_root() is None:
+            _missing("comfyui-frontend-package is not installed (pip install graphrun[ui])")
+        return None
+    given = os.environ.get(OTHER_FRONTEND_ENV)
+    if not given:
+        pytest.skip(f"no second editor version: set {OTHER_FRONTEND_ENV} to the static/ folder of another "
+                    "comfyui-frontend-package (e.g. 1.49.6, the one ComfyUI 0.33 pins)")
+    return editor.check_frontend_root(Path(given))
+
+
+def _long_prompt(url: str, workflow_prompt: dict[str, Any]) -> str:
+    """Queue the history's prompt again with 400 steps (a run to cancel); its prompt_id."""
+    prompt = json.loads(json.dumps(workflow_prompt))
+    for node in prompt.values():
+        if node["class_type"] == "KSampler":
+            node["inputs"]["steps"] = 400
+    body = json.dumps({"prompt": prompt}).encode()
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/prompt", data=body), timeout=30) as response:
+        return json.loads(response.read())["prompt_id"]
+
+
+@pytest.mark.parametrize("frontend", ["installed", "other"])
+def test_editor_loads_lists_graphrun_nodes_and_runs_a_workflow(tmp_path: Path, frontend: str) -> None:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _missing("playwright is not installed (pip install playwright)")
-    from graphrun.engine.serve import editor
-
-    if editor.frontend_root() is None:
-        _missing("comfyui-frontend-package is not installed (pip install graphrun[ui])")
+    root = _frontend(frontend)
     chromium = _chromium()
     from graphrun.engine.serve import ServerConfig
     from graphrun.engine.serve.run import BackgroundServer
@@ -91,9 +130,10 @@ def test_editor_loads_lists_graphrun_nodes_and_runs_a_workflow(tmp_path: Path) -
     artifacts = _artifacts(tmp_path)
     workflow = _workflow(tmp_path)
     config = ServerConfig(host="127.0.0.1", port=0, out_dir=tmp_path / "out", input_dir=tmp_path / "input",
-                          user_dir=tmp_path / "user", models_dirs=["tiny"])
+                          user_dir=tmp_path / "user", models_dirs=["tiny"], frontend_root=root)
     requests: list[dict[str, Any]] = []
     page_errors: list[str] = []
+    console_errors: list[tuple[str, str]] = []
 
     with BackgroundServer(config) as server, sync_playwright() as playwright:
         url = server.url
@@ -101,6 +141,8 @@ def test_editor_loads_lists_graphrun_nodes_and_runs_a_workflow(tmp_path: Path) -
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 900})
             page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            page.on("console", lambda msg: console_errors.append((msg.text, msg.location.get("url", "")))
+                    if msg.type == "error" else None)
             page.on("response", lambda r: requests.append(
                 {"method": r.request.method, "url": r.url.removeprefix(url), "status": r.status})
                 if r.url.startswith(url) and "/assets/" not in r.url else None)
@@ -110,6 +152,11 @@ def test_editor_loads_lists_graphrun_nodes_and_runs_a_workflow(tmp_path: Path) -
             page.wait_for_function(
                 "() => window.app?.graph && window.LiteGraph?.registered_node_types?.KSampler !== undefined",
                 timeout=PAGE_TIMEOUT_MS)
+            version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
+            if root is None:
+                from importlib.metadata import version as installed
+
+                assert version == installed("comfyui-frontend-package")
             registered = set(page.evaluate("() => Object.keys(window.LiteGraph.registered_node_types)"))
             assert {"UNETLoader", "CLIPLoader", "VAELoader", "CLIPTextEncode", "EmptySD3LatentImage", "KSampler",
                     "VAEDecode", "SaveImage", "ModelSamplingAuraFlow"} <= registered
@@ -164,12 +211,26 @@ def test_editor_loads_lists_graphrun_nodes_and_runs_a_workflow(tmp_path: Path) -
                 "(name) => window.app.nodeOutputs?.['10']?.images?.some(i => i.filename === name)",
                 arg=image["filename"], timeout=15_000)
             page.wait_for_timeout(500)
-            page.screenshot(path=str(artifacts / "editor_after_run.png"))
+            page.screenshot(path=str(artifacts / f"editor_{version}_after_run.png"))
+
+            # 5. the editor's cancel (its queue panel's) stops a running prompt through POST /api/jobs/{id}/cancel
+            long_id = _long_prompt(url, entry["prompt"][2])
+            assert _eventually(lambda: any(j["id"] == long_id for j in json.loads(urllib.request.urlopen(
+                f"{url}/api/jobs?status=in_progress", timeout=10).read())["jobs"]), 30), "the long prompt never ran"
+            page.evaluate("async (id) => { await window.app.api.cancelJob(id) }", long_id)
+            assert _eventually(lambda: long_id in _history(url), 30), "the cancelled prompt did not stop"
+            assert _history(url)[long_id]["status"]["status_str"] == "error"
         finally:
-            (artifacts / "editor_requests.json").write_text(json.dumps(requests, indent=1))
+            (artifacts / f"editor_{frontend}_requests.json").write_text(json.dumps(requests, indent=1))
             browser.close()
 
     assert not page_errors, page_errors
+    unexpected = [(text, where) for text, where in console_errors
+                  if not any(text.startswith(t) and (where.startswith(w) or where.startswith(url + w))
+                             for t, w in EXPECTED_CONSOLE_ERRORS)]
+    assert not unexpected, unexpected
+    assert any(r["url"].startswith("/api/jobs/") and r["url"].endswith("/cancel") and r["status"] == 200
+               for r in requests if r["method"] == "POST")
     answered = {r["url"].split("?")[0]: r["status"] for r in requests if r["method"] == "GET"}
     assert {route: answered.get(route) for route in STARTUP_ROUTES} == {route: 200 for route in STARTUP_ROUTES}
     assert not [r for r in requests if r["status"] >= 500], requests

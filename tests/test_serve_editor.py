@@ -22,9 +22,10 @@ from graphrun.engine.serve import editor  # noqa: E402
 Check = Callable[[TestClient], Awaitable[Any]]
 
 
-def _app(user_dir: Path, *, max_body: int = 1024 * 1024, static: Path | None = None) -> web.Application:
+def _app(user_dir: Path, *, max_body: int = 1024 * 1024, static: Path | None = None,
+         v033: bool = True) -> web.Application:
     app = web.Application(client_max_size=max_body)
-    table = editor.editor_routes(user_dir)
+    table = editor.editor_routes(user_dir, v033)
     prefixed = web.RouteTableDef()
     for route in table:
         prefixed.route(route.method, "/api" + route.path)(route.handler, **route.kwargs)
@@ -132,6 +133,7 @@ def test_userdata_saves_lists_reads_moves_and_deletes_workflows(tmp_path: Path) 
         info = await _json(await client.post("/api/userdata/workflows%2Fsub%2Fb.json?full_info=true", data=b"{}"))
         assert info["path"] == "workflows/sub/b.json"  # relative to the user folder, as ComfyUI answers
         assert info["size"] == 2 and {"modified", "created"} <= set(info)
+        assert all(isinstance(info[k], int) and info[k] > 1e12 for k in ("modified", "created"))  # 0.33: ms
 
         conflict = await client.post("/api/userdata/workflows%2Fmy%20flow.json?overwrite=false", data=b"other")
         assert conflict.status == 409
@@ -223,7 +225,17 @@ def test_saved_files_are_never_served_as_pages_or_scripts(tmp_path: Path) -> Non
 
     page, css = run(tmp_path, check)
     assert page["Content-Type"] == "application/octet-stream" and page["X-Content-Type-Options"] == "nosniff"
+    assert page["Content-Disposition"] == "attachment"  # as ComfyUI 0.33: saved files are downloads
     assert css["Content-Type"].startswith("text/css")  # index.html links api/userdata/user.css as a stylesheet
+    assert css["Content-Disposition"] == "inline"
+
+
+def test_file_times_are_seconds_under_comfy_0_18_1(tmp_path: Path) -> None:
+    async def check(client: TestClient) -> Any:
+        return await _json(await client.post("/api/userdata/workflows%2Fa.json?full_info=true", data=b"{}"))
+
+    info = run(tmp_path, check, v033=False)
+    assert isinstance(info["modified"], float) and info["modified"] < 1e11
 
 
 # --- what leaves the user folder -------------------------------------------------------------------------------------

@@ -156,6 +156,8 @@ COMFYUI_TITLES = {
     "SamplerCustom": ("SamplerCustom", "sampling/custom_sampling"),
     "SamplerCustomAdvanced": ("SamplerCustomAdvanced", "sampling/custom_sampling"),
     "KSamplerSelect": ("KSamplerSelect", "sampling/custom_sampling/samplers"),
+    "SamplerER_SDE": ("SamplerER_SDE", "sampling/custom_sampling/samplers"),
+    "SamplerLCM": ("SamplerLCM", "sampling/custom_sampling/samplers"),  # new in 0.33; v0.18.1's sampler category
     "BasicScheduler": ("BasicScheduler", "sampling/custom_sampling/schedulers"),
     "RandomNoise": ("RandomNoise", "sampling/custom_sampling/noise"),
     "DisableNoise": ("DisableNoise", "sampling/custom_sampling/noise"),
@@ -236,10 +238,13 @@ def test_clip_text_encode_text_is_a_multiline_dynamic_prompt(info):
     assert "multiline" not in options and "dynamicPrompts" not in options  # a one-line text field
 
 
-def test_save_image_is_an_output_node_without_outputs(info):
+def test_save_image_is_an_output_node_passing_its_images_on(info):
     entry = info["SaveImage"]
     assert entry["output_node"] is True
-    assert (entry["output"], entry["output_name"], entry["output_is_list"]) == ([], [], [])
+    # ComfyUI 0.33's SaveImage and PreviewImage (v0.18.1's had no outputs), as its /object_info lists them
+    for class_type in ("SaveImage", "PreviewImage"):
+        entry = info[class_type]
+        assert (entry["output"], entry["output_name"], entry["output_is_list"]) == (["IMAGE"], ["images"], [False])
     assert info["PreviewImage"]["output_node"] is True and info["VAEDecode"]["output_node"] is False
 
 

@@ -51,7 +51,8 @@ class Outcome:
 def check_env(document: Document, options: RunOptions) -> CheckEnv:
     """What a row's validation consults: the graph's folder and the run's model search settings
     (``--models-dir``, ``--extra-model-paths``), as for a single run."""
-    return CheckEnv(graph_dir=Path(document.file).parent if document.file else None, options=dict(options.extra))
+    return CheckEnv(graph_dir=Path(document.file).parent if document.file else None, options=dict(options.extra),
+                    comfy_version=options.comfy or "")
 
 
 def run_row(

@@ -2,9 +2,16 @@
 
 A client written for ComfyUI (``POST /prompt``, progress on ``/ws``, results from ``/history`` and
 ``/view``) talks to this server unchanged; every route answers both bare and under ``/api/``, in the
-request and response shapes of ComfyUI v0.18.1 (``server.py`` and ``execution.py`` there define them; this
-is graphrun's own code). aiohttp, as ComfyUI uses: its WebSocket support, multipart uploads and body-size
-limit are what the API needs, in one well-kept package.
+request and response shapes of the ComfyUI the server follows (``--comfy``; ``server.py``, ``execution.py`` and
+``comfy_execution/jobs.py`` there define them; this is graphrun's own code). ComfyUI 0.33, the default, differs
+from v0.18.1 in: a client's ``prompt_id`` must be a canonical UUID (else 400 ``invalid_prompt_id``), a
+``Comfy-Usage-Source`` header lands in ``extra_data``, ``/system_stats`` lists every device and adds
+``comfy_package_versions`` and ``deploy_environment``, ``/features`` adds ``supports_model_type_tags``, jobs carry
+``previewable_outputs_count``, ``/experiment/models`` lists each folder's ``extensions`` and a cycle of links is a
+``dependency_cycle`` error on each node in it; under ``--comfy 0.18.1`` the server keeps v0.18.1's shapes there.
+``POST /api/jobs/{id}/cancel`` and ``POST /api/jobs/cancel`` (0.33's, which the shipped editor calls) are served
+under every setting: a route v0.18.1 lacked breaks no v0.18.1 client. aiohttp, as ComfyUI uses: its WebSocket
+support, multipart uploads and body-size limit are what the API needs, in one well-kept package.
 
 Safety: the server binds to 127.0.0.1 unless told otherwise; with ``token`` set, every route and the
 WebSocket want ``Authorization: Bearer TOKEN`` (or ``?token=TOKEN``, which also sets a cookie, for
@@ -34,6 +41,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from ..comfy.versions import comfy_at_least, resolve_comfy_version
 from ..context import RunOptions
 from ..executor import Runner
 from ..node import CheckEnv, Registry, make_registry
@@ -49,7 +57,13 @@ log = logging.getLogger("graphrun.serve")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _SENSITIVE_EXTRA_DATA = ("auth_token_comfy_org", "api_key_comfy_org")  # never stored in queue or history
 _TOKEN_COOKIE = "graphrun_token"
-_NO_DISPLAY = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
+#: What a browser may run or render as a page (ComfyUI 0.33's list; any ``+xml``/``/xml`` type too): /view sends
+#: these as an attachment of plain bytes, so a file in the folders cannot script the editor.
+_ACTIVE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript",
+                 "application/javascript", "application/x-javascript", "application/ecmascript", "text/css",
+                 "image/svg+xml", "application/xml", "text/xml", "message/rfc822"}
+#: ComfyUI's own version string per setting (its comfyui_version.py at that commit), for /system_stats.
+_COMFYUI_VERSION = {"0.33": "0.33.0", "0.18.1": "0.18.1", "2025.10": "0.3.64"}
 
 SERVER_KEY: "web.AppKey[Server]" = web.AppKey("graphrun", object)  # type: ignore[arg-type]
 PUBLISHER_KEY: "web.AppKey[asyncio.Task]" = web.AppKey("graphrun_publisher", asyncio.Task)
@@ -66,6 +80,8 @@ class Server:
 
     def __init__(self, config: ServerConfig, registry: Registry | None = None) -> None:
         self.config = config
+        self.comfy_version = resolve_comfy_version(config.comfy or None)
+        self.v033 = comfy_at_least(self.comfy_version, "0.33")  # ComfyUI 0.33's shapes where they changed
         self.registry = registry or make_registry(list(config.plugins))
         self.hub = EventHub()
         self.queue = PromptQueue(config.max_queue, config.max_history, on_change=self._queue_changed)
@@ -87,8 +103,20 @@ class Server:
     def _queue_changed(self) -> None:
         self.hub.publish("status", {"status": self.queue_info()})
 
+    def cancel(self, prompt_id: str) -> bool:
+        """ComfyUI 0.33's cancel of one job: a running one is interrupted, a pending one leaves the queue;
+        finished and unknown ids are no-ops (False). True when a cancel was carried out."""
+        running, pending = self.queue.snapshot()
+        if any(item[1] == prompt_id for item in running):
+            return self.worker.interrupt(prompt_id)
+        if any(item[1] == prompt_id for item in pending):
+            # it may have started meanwhile: then the running job is interrupted instead
+            return self.queue.delete(prompt_id) or self.worker.interrupt(prompt_id)
+        return False
+
     def check_env(self) -> CheckEnv:
-        return CheckEnv(graph_dir=None, options={**self.options.extra, "output_dir": str(self.config.out_dir)})
+        return CheckEnv(graph_dir=None, options={**self.options.extra, "output_dir": str(self.config.out_dir)},
+                        comfy_version=self.config.comfy or "")
 
     def folder_files(self, folder: str) -> list[str] | None:
         """File names of a ComfyUI folder (``/models/{folder}``, object_info combos); None if unknown."""
@@ -165,8 +193,8 @@ class BadBody(Exception):
     """A request body that is not the JSON a route takes (HTTP 400)."""
 
 
-async def _json_body(request: web.Request) -> Any:
-    """The JSON body within graphrun's document limits (depth, numbers); ``{}`` when empty."""
+async def _json_body(request: web.Request, empty: Any = {}) -> Any:  # noqa: B006 - never mutated
+    """The JSON body within graphrun's document limits (depth, numbers); ``empty`` when there is none."""
     from ..limits import LimitError, parse_json
 
     raw = await request.read()
@@ -175,7 +203,7 @@ async def _json_body(request: web.Request) -> Any:
     except UnicodeDecodeError as exc:
         raise BadBody(f"the body is not UTF-8 text: {exc}") from None
     if not text.strip():
-        return {}
+        return empty
     try:
         return parse_json(text)[0]
     except LimitError as exc:
@@ -210,7 +238,7 @@ def _routes(server: Server) -> web.RouteTableDef:
                 if first and isinstance(data, dict) and data.get("type") == "feature_flags":
                     flags = data.get("data")
                     server.hub.features[sid] = flags if isinstance(flags, dict) else {}
-                    await server.hub.send("feature_flags", _features(config), sid)
+                    await server.hub.send("feature_flags", _features(server), sid)
                 first = False
         finally:
             server.hub.remove(sid, ws)
@@ -236,14 +264,18 @@ def _routes(server: Server) -> web.RouteTableDef:
 
     @routes.get("/experiment/models")
     async def model_folders(request: web.Request) -> web.Response:
-        """The editor's Models panel: each model folder and where on this machine it is read from."""
-        from graphrun.nodes.model_files import model_folder_names, search_folders
+        """The editor's Models panel: each model folder and where on this machine it is read from (0.33: and
+        the file suffixes graphrun lists there)."""
+        from graphrun.nodes.model_files import LISTED_SUFFIXES, model_folder_names, search_folders
 
-        return web.json_response([
-            {"name": folder, "folders": [str(p) for p in search_folders(folder, config.models_dirs,
-                                                                        config.extra_model_paths)]}
-            for folder in model_folder_names()
-        ])
+        listed = []
+        for folder in model_folder_names():
+            entry: dict[str, Any] = {"name": folder, "folders": [
+                str(p) for p in search_folders(folder, config.models_dirs, config.extra_model_paths)]}
+            if server.v033:
+                entry["extensions"] = sorted(LISTED_SUFFIXES.get(folder, ()))
+            listed.append(entry)
+        return web.json_response(listed)
 
     @routes.get("/experiment/models/{folder}")
     async def model_folder(request: web.Request) -> web.Response:
@@ -299,19 +331,18 @@ def _routes(server: Server) -> web.RouteTableDef:
             return _json_error(exc.status, "invalid_path", str(exc))
         if not path.is_file():
             return web.Response(status=404)
-        return await asyncio.get_running_loop().run_in_executor(None, _view_response, path, query)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, _view_response, path, query, request.headers.get("Sec-Fetch-Dest"))
 
     @routes.get("/system_stats")
     async def system_stats(request: web.Request) -> web.Response:
-        from ..comfy.versions import resolve_comfy_version
-
-        followed = resolve_comfy_version(config.comfy or None)
-        stats = await asyncio.get_running_loop().run_in_executor(None, _system_stats, followed)
+        stats = await asyncio.get_running_loop().run_in_executor(
+            None, _system_stats, server.comfy_version, config.device)
         return web.json_response(stats)
 
     @routes.get("/features")
     async def features(request: web.Request) -> web.Response:
-        return web.json_response(_features(config))
+        return web.json_response(_features(server))
 
     @routes.get("/prompt")
     async def get_prompt(request: web.Request) -> web.Response:
@@ -357,7 +388,7 @@ def _routes(server: Server) -> web.RouteTableDef:
             return web.json_response({"error": "limit must be a positive integer"}, status=400)
         running, pending = server.queue.snapshot()
         listed = all_jobs(running, pending, server.queue.history(), statuses, query.get("workflow_id"),
-                          sort_by, sort_order)
+                          sort_by, sort_order, previewable=server.v033)
         page = listed[offset:][:limit] if limit is not None else listed[offset:]
         return web.json_response({"jobs": page, "pagination": {"offset": offset, "limit": limit,
                                                                "total": len(listed),
@@ -369,10 +400,34 @@ def _routes(server: Server) -> web.RouteTableDef:
 
         running, pending = server.queue.snapshot()
         found = find_job(request.match_info["job_id"], running, pending,
-                         server.queue.history(prompt_id=request.match_info["job_id"]))
+                         server.queue.history(prompt_id=request.match_info["job_id"]), previewable=server.v033)
         if found is None:
             return web.json_response({"error": "Job not found"}, status=404)
         return web.json_response(found)
+
+    @routes.post("/api/jobs/{job_id}/cancel")
+    async def cancel_job(request: web.Request) -> web.Response:
+        """ComfyUI 0.33: cancel one job whatever its state; finished or unknown ids answer cancelled: false."""
+        return web.json_response({"cancelled": server.cancel(request.match_info["job_id"])})
+
+    @routes.post("/api/jobs/cancel")
+    async def cancel_jobs(request: web.Request) -> web.Response:
+        """ComfyUI 0.33: ``{"job_ids": [uuid, ...]}``, best effort; any id that is not a canonical UUID makes
+        it a 400 naming them, before anything is cancelled."""
+        try:
+            body = await _json_body(request, empty=None)
+        except (json.JSONDecodeError, BadBody):
+            body = None
+        if body is None:
+            return web.json_response({"error": "Request body must be valid JSON"}, status=400)
+        job_ids = body.get("job_ids") if isinstance(body, dict) else None
+        if not isinstance(job_ids, list):
+            return web.json_response({"error": "job_ids must be a list"}, status=400)
+        invalid = [j if isinstance(j, str) else repr(j) for j in job_ids if not is_job_id(j)]
+        if invalid:
+            return web.json_response({"error": "job_ids contains invalid id(s)", "invalid_ids": invalid}, status=400)
+        cancelled = [server.cancel(job_id) for job_id in job_ids]  # every one, not only up to the first
+        return web.json_response({"cancelled": any(cancelled)})
 
     @routes.get("/history")
     async def history(request: web.Request) -> web.Response:
@@ -408,7 +463,16 @@ def _routes(server: Server) -> web.RouteTableDef:
             else:
                 number = -server.number if body.get("front") else server.number
                 server.number += 1
-        prompt_id = str(body.get("prompt_id") or uuid.uuid4())
+        if not server.v033:
+            prompt_id = str(body.get("prompt_id") or uuid.uuid4())
+        elif body.get("prompt_id") is None:  # absent or null: the server makes one
+            prompt_id = str(uuid.uuid4())
+        elif is_job_id(body["prompt_id"]):
+            prompt_id = body["prompt_id"]
+        else:
+            return _json_error(400, "invalid_prompt_id", "prompt_id must be a valid UUID",
+                               "prompt_id must be a UUID string in canonical lowercase hyphenated form; omit it "
+                               "to let the server generate one")
         targets = body.get("partial_execution_targets")
         if targets is not None and not isinstance(targets, list):
             return _json_error(400, "invalid_prompt", "Invalid prompt", "partial_execution_targets must be a list")
@@ -416,10 +480,13 @@ def _routes(server: Server) -> web.RouteTableDef:
         extra_data = {k: v for k, v in extra_data.items() if k not in _SENSITIVE_EXTRA_DATA}
         if "client_id" in body:
             extra_data["client_id"] = body["client_id"]
+        usage_source = request.headers.get("Comfy-Usage-Source")
+        if server.v033 and usage_source and "comfy_usage_source" not in extra_data:
+            extra_data["comfy_usage_source"] = usage_source  # ComfyUI 0.33 passes it on to API nodes
         prompt = body["prompt"]
         try:
             prepared = await asyncio.get_running_loop().run_in_executor(
-                None, prepare, prompt, server.registry, server.check_env(), server.folders, targets)
+                None, prepare, prompt, server.registry, server.check_env(), server.folders, targets, server.v033)
         except PromptRejected as exc:
             log.warning("invalid prompt: %s", exc.body["error"]["message"])
             return web.json_response(exc.body, status=400)
@@ -471,9 +538,27 @@ def _routes(server: Server) -> web.RouteTableDef:
     return routes
 
 
-def _features(config: ServerConfig) -> dict[str, Any]:
-    return {"supports_preview_metadata": False, "max_upload_size": config.max_body_bytes,
-            "extension": {"manager": {"supports_v4": False}}, "node_replacements": False, "assets": False}
+def is_job_id(value: Any) -> bool:
+    """ComfyUI 0.33's test of a client's job (prompt) id: a UUID in canonical lowercase hyphenated form, since
+    the id is matched verbatim in history keys, events and cancels."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def _features(server: Server) -> dict[str, Any]:
+    """ComfyUI's /features (and the feature_flags answer on /ws), saying what graphrun does not do: no binary
+    preview frames, no ComfyUI-Manager, no node replacements, no asset database (0.33 adds the model_type tags
+    of that database's assets: none here either)."""
+    features: dict[str, Any] = {"supports_preview_metadata": False}
+    if server.v033:
+        features["supports_model_type_tags"] = False
+    features.update({"max_upload_size": server.config.max_body_bytes, "extension": {"manager": {"supports_v4": False}},
+                     "node_replacements": False, "assets": False})
+    return features
 
 
 def _store_upload(base: Path, subfolder: str, filename: str, data: bytes, overwrite: bool) -> str:
@@ -513,8 +598,9 @@ def _umask() -> int:
     return mask
 
 
-def _view_response(path: Path, query: Any) -> web.StreamResponse:
-    headers = {"Content-Disposition": f'filename="{path.name}"'}
+def _view_response(path: Path, query: Any, fetch_dest: str | None = None) -> web.StreamResponse:
+    quoted = path.name.replace("\\", "\\\\").replace('"', '\\"')
+    headers = {"Content-Disposition": f'filename="{quoted}"'}
     preview, channel = query.get("preview"), query.get("channel", "rgba")
     if preview or channel in ("rgb", "a"):
         from PIL import Image
@@ -538,9 +624,21 @@ def _view_response(path: Path, query: Any) -> web.StreamResponse:
             out.save(buffer, format="PNG")
             return web.Response(body=buffer.getvalue(), content_type="image/png", headers=headers)
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    if content_type in _NO_DISPLAY:
-        content_type = "application/octet-stream"  # never render HTML or scripts from the folders
+    headers["X-Content-Type-Options"] = "nosniff"
+    if _is_active(content_type):
+        # Never render HTML, scripts or SVG from the folders as a page; an SVG shown by an <img> runs no
+        # script (Sec-Fetch-Dest, set by the browser itself, says so), as in ComfyUI 0.33. The answer then
+        # depends on that header: no cache may replay it to another destination.
+        headers.update({"Vary": "Sec-Fetch-Dest", "Cache-Control": "no-store"})
+        if not (content_type == "image/svg+xml" and fetch_dest == "image"):
+            content_type = "application/octet-stream"
+            headers["Content-Disposition"] = "attachment; " + headers["Content-Disposition"]
     return web.FileResponse(path, headers={**headers, "Content-Type": content_type})
+
+
+def _is_active(content_type: str) -> bool:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind in _ACTIVE_TYPES or kind.endswith("+xml") or kind.endswith("/xml")
 
 
 def _package_version(name: str) -> str:
@@ -562,14 +660,32 @@ def _memory() -> tuple[int, int]:
         return 0, 0
 
 
-def _system_stats(comfy_version: str) -> dict[str, Any]:
-    """ComfyUI's /system_stats; ``comfyui_version`` is the ComfyUI whose behaviour the server follows."""
+def _torch_devices(device: str | None) -> list[Any]:
+    """The CUDA devices, the one prompts run on first (``--device``, else cuda:0)."""
     import torch
 
+    devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    chosen = torch.device(device) if device and device.startswith("cuda") else None
+    primary = torch.device("cuda", chosen.index or 0) if chosen is not None else devices[0]
+    primary = primary if primary in devices else devices[0]
+    return [primary] + [d for d in devices if d != primary]
+
+
+def _system_stats(comfy_version: str, device: str | None = None) -> dict[str, Any]:
+    """ComfyUI's /system_stats; ``comfyui_version`` is the ComfyUI whose behaviour the server follows.
+
+    ComfyUI 0.33 lists every device (the one prompts run on first) and adds ``comfy_package_versions`` (only
+    the editor's package here: graphrun needs no other comfy* package) and ``deploy_environment`` (how it was
+    installed: "graphrun"); v0.18.1 lists the one device prompts run on."""
+    import torch
+
+    v033 = comfy_at_least(comfy_version, "0.33")
     ram_total, ram_free = _memory()
     devices = []
-    if torch.cuda.is_available():
-        for index in range(torch.cuda.device_count()):
+    if torch.cuda.is_available() and not (device or "").startswith(("cpu", "mps")):
+        chosen = _torch_devices(device)
+        for dev in chosen if v033 else chosen[:1]:
+            index = dev.index
             free, total = torch.cuda.mem_get_info(index)
             devices.append({"name": f"cuda:{index} {torch.cuda.get_device_name(index)}", "type": "cuda",
                             "index": index, "vram_total": total, "vram_free": free,
@@ -578,17 +694,21 @@ def _system_stats(comfy_version: str) -> dict[str, Any]:
     else:
         devices.append({"name": "cpu", "type": "cpu", "index": None, "vram_total": ram_total, "vram_free": ram_free,
                         "torch_vram_total": ram_total, "torch_vram_free": ram_free})
-    return {
-        "system": {
-            "os": sys.platform, "ram_total": ram_total, "ram_free": ram_free,
-            "comfyui_version": comfy_version, "graphrun_version": _package_version("graphrun"),
-            "required_frontend_version": _package_version("comfyui-frontend-package"), "installed_templates_version": "",
-            "required_templates_version": "", "python_version": sys.version,
-            "pytorch_version": torch.__version__, "embedded_python": False, "argv": sys.argv,
-            "platform": platform.platform(),
-        },
-        "devices": devices,
+    frontend = _package_version("comfyui-frontend-package")
+    system: dict[str, Any] = {
+        "os": sys.platform, "ram_total": ram_total, "ram_free": ram_free,
+        "comfyui_version": _COMFYUI_VERSION.get(comfy_version, comfy_version),
+        "graphrun_version": _package_version("graphrun"),
+        "required_frontend_version": frontend, "installed_templates_version": "", "required_templates_version": "",
     }
+    if v033:
+        system["comfy_package_versions"] = [{"name": "comfyui-frontend-package", "installed": frontend or None,
+                                             "required": frontend or None}]
+    system.update({"python_version": sys.version, "pytorch_version": torch.__version__, "embedded_python": False})
+    if v033:
+        system["deploy_environment"] = "graphrun"
+    system.update({"argv": sys.argv, "platform": platform.platform()})
+    return {"system": system, "devices": devices}
 
 
 # --- the application -------------------------------------------------------------------------------------------------
@@ -605,7 +725,8 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
     routes = _routes(server)
     from . import editor
 
-    editor_routes = editor.editor_routes(config.user_dir) if config.editor else web.RouteTableDef()
+    root = (config.frontend_root or editor.frontend_root()) if config.editor else None
+    editor_routes = editor.editor_routes(config.user_dir, server.v033, root) if config.editor else web.RouteTableDef()
     for table in (routes, editor_routes):
         prefixed = web.RouteTableDef()
         for route in table:
@@ -613,7 +734,6 @@ def create_app(config: ServerConfig, registry: Registry | None = None) -> web.Ap
                 prefixed.route(route.method, "/api" + route.path)(route.handler, **route.kwargs)
         app.add_routes(prefixed)
         app.add_routes(table)
-    root = editor.frontend_root() if config.editor else None
     if root is not None:
         editor.add_static(app, root)
     else:

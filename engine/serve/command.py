@@ -40,6 +40,9 @@ def add_serve_parser(sub: Any, add_model_paths: AddOptions, add_common: AddOptio
     p.add_argument("--max-upload-mb", type=float, default=100, metavar="MB",
                    help="largest request body or upload (default 100 MB, as ComfyUI)")
     p.add_argument("--no-editor", action="store_true", help="do not serve ComfyUI's web editor at /")
+    p.add_argument("--front-end-root", metavar="DIR",
+                   help="serve the editor from this static folder of a comfyui-frontend-package (another version "
+                   "than the installed one, e.g. 1.49.6, the one ComfyUI 0.33 pins)")
     add_common(p)
 
 
@@ -75,12 +78,20 @@ def cmd_serve(args: argparse.Namespace, cli: Any) -> int:
     for flag, folder in (("--out", args.out), ("--input-dir", args.input_dir), ("--user-dir", args.user_dir)):
         if Path(folder).exists() and not Path(folder).is_dir():
             raise CliError(f"{flag} {folder}: is a file, not a folder")
+    frontend = None
+    if args.front_end_root:
+        from .editor import check_frontend_root
+
+        try:
+            frontend = check_frontend_root(Path(args.front_end_root))
+        except ValueError as exc:
+            raise CliError(f"--front-end-root: {exc}") from None
     config = ServerConfig(
         host=host, port=args.port, out_dir=Path(args.out), input_dir=Path(args.input_dir),
         user_dir=Path(args.user_dir), models_dirs=list(args.models_dir), extra_model_paths=args.extra_model_paths,
         plugins=list(args.plugin or []), device=args.device, dtype=args.dtype, comfy=_check_comfy(args.comfy),
         token=args.token or os.environ.get("GRAPHRUN_SERVE_TOKEN") or None, max_queue=args.max_queue,
-        max_body_bytes=int(args.max_upload_mb * 1024 * 1024), editor=not args.no_editor,
+        max_body_bytes=int(args.max_upload_mb * 1024 * 1024), editor=not args.no_editor, frontend_root=frontend,
     )
     try:
         serve(config, _registry(args))

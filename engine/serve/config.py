@@ -29,12 +29,14 @@ class ServerConfig:
     max_body_bytes: int = 100 * 1024 * 1024  # request bodies and uploads (ComfyUI's default: 100 MiB)
     max_history: int = 10_000  # ComfyUI keeps as many
     editor: bool = True  # serve ComfyUI's web editor at / when comfyui-frontend-package is installed
+    frontend_root: Path | None = None  # the editor's static folder to serve instead of the installed package's
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.input_dir = Path(self.input_dir)
         self.user_dir = Path(self.user_dir)
         self.models_dirs = [str(d) for d in self.models_dirs]
+        self.frontend_root = Path(self.frontend_root) if self.frontend_root is not None else None
 
     @property
     def temp_dir(self) -> Path:

@@ -13,9 +13,10 @@ The editor is the ``comfyui-frontend-package`` wheel (``graphrun[ui]``): a singl
   answer empty, in the shapes the editor parses.
 
 The folder layout is ComfyUI's (``user/default/...``), so a ComfyUI user folder can be given as
-``--user-dir`` and its workflows and settings appear. The request and answer shapes follow ComfyUI
-v0.18.1's ``app/user_manager.py``, ``app/app_settings.py`` and ``app/custom_node_manager.py``; the code is
-graphrun's own, and stricter: a name that leaves the folder (``..``, an absolute path, a backslash, a NUL byte)
+``--user-dir`` and its workflows and settings appear. The request and answer shapes follow the ComfyUI the
+server follows (``app/user_manager.py``, ``app/app_settings.py`` and ``app/custom_node_manager.py``; 0.33 gives
+a file's ``modified`` and ``created`` in whole milliseconds, v0.18.1 in seconds); the code is graphrun's own,
+and stricter: a name that leaves the folder (``..``, an absolute path, a backslash, a NUL byte)
 is a 400 and one through a symbolic link a 403 (ComfyUI compares path prefixes only, so a symlink in its
 user folder reads anywhere); every write goes to a temp file that is then renamed into place, so a crash
 never leaves half a workflow; hidden files and symlinks are never listed. Errors are JSON
@@ -49,8 +50,18 @@ log = logging.getLogger("graphrun.serve")
 USER = "default"  # ComfyUI's single user; its files live in USER_DIR/default
 SETTINGS_FILE = "comfy.settings.json"
 #: Types a browser would run or render as a page: served as plain bytes, so a saved file cannot script the editor.
-_ACTIVE_TYPES = {"text/html", "application/xhtml+xml", "text/javascript", "application/javascript",
-                 "image/svg+xml", "text/xml", "application/xml"}
+_ACTIVE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript",
+                 "application/javascript", "application/x-javascript", "application/ecmascript", "text/css",
+                 "image/svg+xml", "text/xml", "application/xml", "message/rfc822"}
+
+
+def check_frontend_root(root: Path) -> Path:
+    """A static folder given with ``--front-end-root``: it must hold the editor's ``index.html``."""
+    root = Path(root)
+    if not (root / "index.html").is_file():
+        raise ValueError(f"{root} holds no index.html: give the static/ folder of a comfyui-frontend-package "
+                         "(site-packages/comfyui_frontend_package/static)")
+    return root
 
 
 def frontend_root() -> Path | None:
@@ -95,10 +106,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _file_info(path: Path, relative_to: Path) -> dict[str, Any]:
+def _file_info(path: Path, relative_to: Path, milliseconds: bool) -> dict[str, Any]:
+    """ComfyUI's ``full_info`` of a file: times in seconds (v0.18.1) or whole milliseconds (0.33)."""
     stat = path.stat()
+    modified, created = stat.st_mtime, stat.st_ctime
+    if milliseconds:
+        modified, created = int(modified * 1000), int(created * 1000)
     return {"path": path.relative_to(relative_to).as_posix(), "size": stat.st_size,
-            "modified": stat.st_mtime, "created": stat.st_ctime}
+            "modified": modified, "created": created}
 
 
 def _visible(folder: Path, name: str) -> bool:
@@ -162,11 +177,12 @@ class UserFiles:
 # --- routes ----------------------------------------------------------------------------------------------------------
 
 
-def editor_routes(user_dir: Path) -> web.RouteTableDef:
+def editor_routes(user_dir: Path, v033: bool = True, root: Path | None = None) -> web.RouteTableDef:
     """The routes the editor calls besides the prompt API, each a ``RouteDef`` (the app adds them bare and
-    under ``/api/``). Files live in ``user_dir/default``, made on first write."""
+    under ``/api/``). Files live in ``user_dir/default``, made on first write. ``v033``: ComfyUI 0.33's shapes
+    where they differ from v0.18.1's; ``root``: the editor's static folder (default: the installed one)."""
     files = UserFiles(Path(user_dir))
-    scripts = _extension_scripts()  # the installed editor's files do not change while the server runs
+    scripts = _extension_scripts(root)  # the editor's files do not change while the server runs
     routes = web.RouteTableDef()
 
     # -- user and settings
@@ -235,7 +251,7 @@ def editor_routes(user_dir: Path) -> web.RouteTableDef:
         for path in found:
             rel = path.relative_to(folder).as_posix()
             if full_info:
-                result.append(_file_info(path, folder))
+                result.append(_file_info(path, folder, v033))
             elif split:
                 result.append([rel, *rel.split("/")])
             else:
@@ -280,9 +296,15 @@ def editor_routes(user_dir: Path) -> web.RouteTableDef:
         if not path.is_file():
             return _error(404, "not_found", f"file {request.match_info['file']!r} not found")
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        if content_type in _ACTIVE_TYPES:
+        # Saved files are never shown as a page (ComfyUI 0.33 sends them as attachments); the user's
+        # stylesheet stays one, since the editor links it.
+        disposition = "attachment"
+        if path == files.root / "user.css":
+            content_type, disposition = "text/css", "inline"
+        elif content_type in _ACTIVE_TYPES or content_type.endswith(("+xml", "/xml")):
             content_type = "application/octet-stream"
-        return web.FileResponse(path, headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"})
+        return web.FileResponse(path, headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff",
+                                               "Content-Disposition": disposition})
 
     @routes.post("/userdata/{file}")
     async def post_userdata(request: web.Request) -> web.Response:
@@ -304,7 +326,7 @@ def editor_routes(user_dir: Path) -> web.RouteTableDef:
         except OSError as exc:
             return _error(400, "invalid_path", f"cannot save {name!r}: {exc.strerror or exc}",
                           "avoid special characters like :\\/*?\"<>| in file names")
-        return web.json_response(_file_info(path, files.root) if _flag(request, "full_info", False)
+        return web.json_response(_file_info(path, files.root, v033) if _flag(request, "full_info", False)
                                  else files.relative(path))
 
     @routes.delete("/userdata/{file}")
@@ -339,7 +361,7 @@ def editor_routes(user_dir: Path) -> web.RouteTableDef:
             return _unsafe(exc)
         except OSError as exc:
             return _error(400, "invalid_path", f"cannot move to {request.match_info['dest']!r}: {exc.strerror or exc}")
-        return web.json_response(_file_info(dest, files.root) if _flag(request, "full_info", False)
+        return web.json_response(_file_info(dest, files.root, v033) if _flag(request, "full_info", False)
                                  else files.relative(dest))
 
     # -- what custom nodes add in ComfyUI: graphrun has none
@@ -393,10 +415,10 @@ async def _json(request: web.Request) -> Any:
             content_type="application/json") from exc
 
 
-def _extension_scripts() -> list[str]:
+def _extension_scripts(root: Path | None = None) -> list[str]:
     """ComfyUI lists the editor's own ``extensions/**/*.js`` (the editor skips ``extensions/core``, which it
     bundles); graphrun adds no custom node scripts."""
-    root = frontend_root()
+    root = root or frontend_root()
     if root is None or not (root / "extensions").is_dir():
         return []
     return sorted("/" + path.relative_to(root).as_posix() for path in (root / "extensions").rglob("*.js"))

@@ -7,6 +7,11 @@ graphrun's diagnostics (from the conversion and the validation of the whole grap
 ComfyUI's error types here, naming the ComfyUI node and input; graphrun's own message and fix hint go
 in ``details``.
 
+A prompt whose links form a cycle is, from ComfyUI 0.33 on, a ``dependency_cycle`` error on every node of the
+cycle, its ``details`` the path ``"9 (VAEDecode) -> 8 (KSampler) -> 21 (VAEEncode) -> 9 (VAEDecode)"`` and its
+``extra_info`` ``{"node_id", "cycle_nodes"}``: :func:`find_cycles` walks the links from the outputs as ComfyUI's
+validation does (v0.18.1 overflowed Python's stack there; graphrun then answers with its own cycle error).
+
 graphrun is stricter than ComfyUI in one way: ComfyUI drops an output whose inputs are invalid and runs
 the others; graphrun refuses the prompt, since a half-run workflow is rarely what the client wanted.
 """
@@ -112,6 +117,44 @@ def _links(node: Mapping[str, Any]) -> list[str]:
     return [str(v[0]) for v in inputs.values() if isinstance(v, list) and len(v) == 2 and isinstance(v[1], int)]
 
 
+def find_cycles(prompt: Mapping[str, Any], outputs: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """ComfyUI 0.33's ``dependency_cycle`` errors: node id -> its errors, for every cycle reached from the
+    outputs.
+
+    A depth-first walk from each output along the links of each node's inputs (in the prompt's order; ComfyUI
+    walks its input names in set order, the same when one link enters the cycle): meeting a node that is
+    still on the walk's path closes a cycle, reported on each of its nodes and walked no further, as ComfyUI
+    records those nodes as validated. Iterative, so a long chain cannot overflow the stack.
+    """
+    done: set[str] = set()
+    errors: dict[str, list[dict[str, Any]]] = {}
+    for output in outputs:
+        if output in done:
+            continue
+        path: list[str] = [output]
+        stack = [iter(_links(prompt[output]))]
+        while stack:
+            target = next(stack[-1], None)
+            if target is None:
+                done.add(path.pop())
+                stack.pop()
+                continue
+            if target not in prompt or target in done:
+                continue
+            if target in path:
+                loop = path[path.index(target):] + [target]
+                members = list(dict.fromkeys(loop))
+                details = " -> ".join(f"{n} ({prompt[n]['class_type']})" for n in loop)
+                for node_id in members:
+                    errors[node_id] = [_error("dependency_cycle", "Dependency cycle detected", details,
+                                              node_id=node_id, cycle_nodes=members)]
+                done.update(members)
+                continue
+            path.append(target)
+            stack.append(iter(_links(prompt[target])))
+    return errors
+
+
 def _dependents(prompt: Mapping[str, Any], outputs: list[str]) -> dict[str, list[str]]:
     """ComfyUI node id -> the outputs it feeds."""
     feeds: dict[str, list[str]] = {}
@@ -199,11 +242,12 @@ def _node_error(registry: Registry, node: Mapping[str, Any], diag: Diagnostic) -
 
 
 def _reject(prompt: Mapping[str, Any], registry: Registry, diagnostics: list[Diagnostic], names: dict[str, str],
-            outputs: list[str], errors: dict[str, list[dict]]) -> PromptRejected:
-    """ComfyUI's ``prompt_outputs_failed_validation`` answer for every error found."""
+            outputs: list[str], errors: dict[str, list[dict]], cycles: bool = False) -> PromptRejected:
+    """ComfyUI's ``prompt_outputs_failed_validation`` answer for every error found (``cycles``: the cycles are
+    in ``errors`` already, as ComfyUI 0.33 reports them, so graphrun's own cycle diagnostics are left out)."""
     loose: list[str] = []
     for diag in diagnostics:
-        if not diag.is_error:
+        if not diag.is_error or (cycles and diag.code == "GR012"):
             continue
         node_id = names.get(diag.node) if diag.node else None
         if node_id is None:
@@ -219,7 +263,8 @@ def _reject(prompt: Mapping[str, Any], registry: Registry, diagnostics: list[Dia
                   "class_type": prompt[node_id]["class_type"]}
         for node_id, errs in errors.items()
     }
-    lines = [f"{e['message']}: {e['details']}" for n in node_errors.values() for e in n["errors"]] + loose
+    lines = list(dict.fromkeys([f"{e['message']}: {e['details']}" for n in node_errors.values()
+                                for e in n["errors"]] + loose))  # a cycle's one line, not one per node
     if not node_errors and loose and all("no output node" in line for line in loose):
         return PromptRejected(_error("prompt_no_outputs", "Prompt has no outputs", "\n".join(loose)))
     return PromptRejected(
@@ -228,10 +273,11 @@ def _reject(prompt: Mapping[str, Any], registry: Registry, diagnostics: list[Dia
 
 
 def prepare(prompt: Any, registry: Registry, env: CheckEnv, folders: Folders,
-            targets: list[str] | None = None) -> Prepared:
+            targets: list[str] | None = None, v033: bool = True) -> Prepared:
     """Validate a ComfyUI API prompt as graphrun will run it; raises PromptRejected with ComfyUI's answer.
 
-    ``targets`` (ComfyUI's ``partial_execution_targets``) limits the run to those output nodes.
+    ``targets`` (ComfyUI's ``partial_execution_targets``) limits the run to those output nodes; ``v033``:
+    answer in ComfyUI 0.33's shapes where they differ from v0.18.1's (cycles).
     """
     from ..comfy.api_to_graph import api_to_document
 
@@ -246,12 +292,13 @@ def prepare(prompt: Any, registry: Registry, env: CheckEnv, folders: Folders,
     if not outputs:
         raise PromptRejected(_error("prompt_no_outputs", "Prompt has no outputs",
                                     "add an output node such as SaveImage or PreviewImage"))
-    errors: dict[str, list[dict]] = {}
+    errors: dict[str, list[dict]] = find_cycles(prompt, outputs) if v033 else {}
+    cycles = bool(errors)
     _confine_images(prompt, registry, folders, errors)
     try:
         conversion = api_to_document(prompt, registry, name="prompt")
     except GraphError as exc:
-        raise _reject(prompt, registry, exc.diagnostics, {}, outputs, errors) from None
+        raise _reject(prompt, registry, exc.diagnostics, {}, outputs, errors, cycles) from None
     names = {ours: theirs for theirs, ours in conversion.names.items()}
     data = conversion.document
     dropped = {ours for ours, theirs in names.items() if _is_output(registry, prompt[theirs]["class_type"])
@@ -262,5 +309,5 @@ def prepare(prompt: Any, registry: Registry, env: CheckEnv, folders: Folders,
     document.problems.extend(conversion.notes)
     graph, diagnostics = check(document, registry, {}, env)
     if graph is None or errors:
-        raise _reject(prompt, registry, diagnostics, names, outputs, errors)
+        raise _reject(prompt, registry, diagnostics, names, outputs, errors, cycles)
     return Prepared(graph, outputs, names, [d for d in diagnostics if not d.is_error])

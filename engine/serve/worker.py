@@ -43,6 +43,9 @@ class Worker:
         self.current: Job | None = None
         self.current_node: str | None = None  # ComfyUI id of the node running now
         self._lock = threading.Lock()
+        self._in_run = False  # the runner is executing ``current`` now
+        self._stop_current = False  # ``current`` was interrupted before its run began
+        self._stop_next: str | None = None  # a job taken from the queue, interrupted before it became current
         self._thread: threading.Thread | None = None
 
     # --- control
@@ -58,12 +61,24 @@ class Worker:
             self._thread.join(timeout)
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
-        """Stop the running prompt (only that one, when ``prompt_id`` is given) at its next step."""
+        """Stop the running prompt (only that one, when ``prompt_id`` is given) at its next step; True when
+        a prompt was told to stop.
+
+        Atomic, as ComfyUI 0.33's cancel needs: it acts only on the prompt running now, never on one that
+        starts next. A job just taken from the queue, or not yet in its run, stops before its first node; the
+        runner's stop flag is only ever set while that job's run executes.
+        """
         with self._lock:
             job = self.current
             if job is None or (prompt_id is not None and job.prompt_id != prompt_id):
+                if prompt_id is not None and any(j.prompt_id == prompt_id for j in self.queue.running()):
+                    self._stop_next = prompt_id  # taken by the worker thread, not yet its current job
+                    return True
                 return False
-            self.runner.interrupt()
+            if self._in_run:
+                self.runner.interrupt()
+            else:
+                self._stop_current = True
             return True
 
     # --- running
@@ -75,6 +90,8 @@ class Worker:
                 return
             with self._lock:
                 self.current = job
+                self._stop_current = self._stop_next == job.prompt_id
+                self._stop_next = None
             try:
                 self._run(job)
             except Exception:  # noqa: BLE001 - a bug here must not kill the server's only worker
@@ -83,6 +100,7 @@ class Worker:
                 with self._lock:
                     self.current = None
                     self.current_node = None
+                    self._stop_current = False
 
     def _run(self, job: Job) -> None:
         sid = job.extra_data.get("client_id")
@@ -139,7 +157,15 @@ class Worker:
         message("execution_cached", {"nodes": cached, "prompt_id": job.prompt_id})
         status, completed = "success", True
         try:
-            self.runner.run(job.graph, reporter=report)
+            with self._lock:
+                self._in_run = True
+                if self._stop_current:
+                    self.runner.interrupt()  # stops the run at its first node
+            try:
+                self.runner.run(job.graph, reporter=report)
+            finally:
+                with self._lock:
+                    self._in_run = False
             message("execution_success", {"prompt_id": job.prompt_id})
         except Interrupted:
             status, completed = "error", False

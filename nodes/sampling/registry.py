@@ -18,7 +18,7 @@ Registering (the decorators are the public API; import them from here)::
         '''One line: how the sigmas are spaced.'''
 
 ``graphrun.nodes.sampling.samplers`` documents the sampler signature, ``schedules`` the scheduler
-one. The built-in names are listed here (ComfyUI v0.18.1's lists, in its order) because their
+one. The built-in names are listed here (ComfyUI's lists, in its order; 0.33 has v0.18.1's) because their
 functions live in torch modules that validation must not import; ``tests/test_plugin_samplers.py``
 checks that every listed name has a function once those modules are loaded.
 """
@@ -50,13 +50,15 @@ BUILTIN_SAMPLERS: tuple[str, ...] = (
     "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver",
     "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
 )
-"""ComfyUI v0.18.1's ``KSampler.SAMPLERS``: the built-in samplers, in the order of the choice list."""
+"""ComfyUI's ``KSampler.SAMPLERS`` (the same in v0.18.1 and 0.33): the built-in samplers, in the order of the
+choice list."""
 
 BUILTIN_SCHEDULERS: tuple[str, ...] = (
     "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic",
     "kl_optimal",
 )
-"""ComfyUI v0.18.1's ``SCHEDULER_NAMES``: the built-in schedulers, in the order of the choice list."""
+"""ComfyUI's ``SCHEDULER_NAMES`` (the same in v0.18.1 and 0.33): the built-in schedulers, in the order of the
+choice list."""
 
 SAMPLERS: dict[str, Callable[..., Any]] = {}
 """Sampler name -> sampler function (filled when the sampler modules are imported, and by plugins)."""

@@ -139,9 +139,12 @@ def sample_res_multistep(
                 x = x + (denoised - uncond)
             # exp(-h) rather than sigma_down/sigma: the two differ in the last bits.
             x = h.neg().exp() * x + h * (b1 * uncond + b2 * old_denoised)
-        # With eta 0 sigma_up is 0: ComfyUI still draws noise and multiplies it by 0; skipping the
-        # draw gives the same result without the cost.
-        if eta > 0 and sigma_next > 0:
+        # Noise is drawn only where the step adds some, as in ComfyUI 0.33 (commit 88fec4b6). v0.18.1
+        # drew it for every step to a nonzero sigma and multiplied it by sigma_up: with eta 0 no draw
+        # is ever used; with eta > 0 sigma_up is 0 only on a repeated sigma, after which the next
+        # multistep step's coefficients are infinite anyway (both versions write the same broken
+        # image; tests/data/comfy/v0.33/samplers/README.md), so no version setting is needed.
+        if sigma_up > 0:
             assert noise_sampler is not None
             x = x + noise_sampler(sigma, sigma_next) * s_noise * sigma_up
         old_denoised = uncond
@@ -283,13 +286,22 @@ def sample_lcm(
     model_sampling: FlowModelSampling | None = None,
     noise_sampler: NoiseSampler | None = None,
     cpu_seed_offset: int = COMFY_CPU_SEED_OFFSET,
+    s_noise: float = 1.0,
+    s_noise_end: float | None = None,
+    noise_clip_std: float = 0.0,
 ) -> Tensor:
     """Latent Consistency Model sampling (Luo et al. 2023, arXiv:2310.04378)."""
+    # ComfyUI 0.33's options (its SamplerLCM node): the re-noising noise is scaled by a factor going
+    # linearly from s_noise at the first step to s_noise_end (default s_noise) at the last, after
+    # clamping it to +-noise_clip_std standard deviations (0: no clamp). The defaults are the plain
+    # LCM step of every ComfyUI version.
     ms = resolve_model_sampling(model, model_sampling)
     if noise_sampler is None:
         noise_sampler = default_noise_sampler(x, seed, cpu_seed_offset)
     s_in = x.new_ones([x.shape[0]])
     total = len(sigmas) - 1
+    s_start = float(s_noise)
+    s_end = s_start if s_noise_end is None else float(s_noise_end)
     for i in range(total):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma * s_in)
@@ -297,7 +309,14 @@ def sample_lcm(
             callback(StepInfo(i, total, float(sigma), x, denoised))
         x = denoised
         if sigma_next > 0:
-            x = ms.noise_scaling(sigma_next, noise_sampler(sigma, sigma_next), x)
+            noise = noise_sampler(sigma, sigma_next)
+            if noise_clip_std > 0:
+                bound = noise_clip_std * noise.std()
+                noise = noise.clamp(min=-bound, max=bound)
+            scale = s_start + (s_end - s_start) * (i / (total - 1) if total > 1 else 0.0)
+            if scale != 1.0:
+                noise = noise * scale
+            x = ms.noise_scaling(sigma_next, noise, x)
     return x
 
 

@@ -5,11 +5,17 @@ All of them step in half-logSNR ``lambda = log(alpha / sigma)``. For a flow (CON
 alpha = 1 - sigma, so lambda = -logit(sigma), which is infinite at sigma 1: as in ComfyUI, a schedule
 starting at 1 is started a hair below, at ``percent_to_sigma(1e-4)``, and the step records report that
 sigma. Noise comes from ``default_noise_sampler`` (seed + 1 on the CPU in ComfyUI v0.18.1).
+
+ER-SDE's noise scale function is a parameter: :class:`ErSdeNoiseScaler` is ComfyUI's SamplerER_SDE
+solver types, and :func:`er_sde_options` maps that node's inputs to sampler options under either
+version's rule for eta (ComfyUI 0.32 made eta apply to the ER-SDE solver type too).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,7 +35,7 @@ from .base import (
     sigma_of_half_log_snr,
 )
 
-__all__ = ["sa_solver_tau_interval"]
+__all__ = ["ER_SDE_ETA_MAX_033", "ER_SDE_SOLVER_TYPES", "ErSdeNoiseScaler", "er_sde_options", "sa_solver_tau_interval"]
 
 TauFn = Callable[[Tensor], float]
 """SA-Solver's stochasticity ``tau(sigma_next)``: 0 gives an ODE step, 1 the paper's SDE step."""
@@ -57,6 +63,62 @@ def _h_phi_2(h: Tensor) -> Tensor:
 def _er_sde_noise_scaler(x: Tensor) -> Tensor:
     # The ER-SDE paper's noise scale function x (e^(x^0.3) + 10).
     return x * ((x**0.3).exp() + 10.0)
+
+
+ER_SDE_SOLVER_TYPES: tuple[str, ...] = ("ER-SDE", "Reverse-time SDE", "ODE")
+"""The solver types of ComfyUI's SamplerER_SDE node, in its choice order."""
+
+ER_SDE_ETA_MAX_033 = 10.0
+"""SamplerER_SDE's eta maximum since ComfyUI 0.32 (commit 40e46c71, PR #15428); 100 before."""
+
+
+@dataclass(frozen=True)
+class ErSdeNoiseScaler:
+    """The noise scale function of one ER-SDE solver type (a value, so a SAMPLER built from it
+    compares and hashes by its settings).
+
+    ``ER-SDE``: x (e^(x^0.3) + 10)^eta; ``Reverse-time SDE``: x^(eta + 1); ``ODE``: x. All three are
+    ComfyUI 0.33's psi(x) = x^(1 - eta) phi(x)^eta of the solver's phi: eta 1 is the paper's solver, 0
+    the ODE. The arithmetic is ComfyUI's (a power of exactly 1 returns its base), so ER-SDE at eta 1
+    equals the default scaler bit for bit.
+    """
+
+    solver_type: str = "ER-SDE"
+    eta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.solver_type not in ER_SDE_SOLVER_TYPES:
+            raise ValueError(
+                f"unknown ER-SDE solver_type {self.solver_type!r}; use one of {', '.join(ER_SDE_SOLVER_TYPES)}"
+            )
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.solver_type == "ER-SDE":
+            return x * ((x**0.3).exp() + 10.0) ** self.eta
+        if self.solver_type == "Reverse-time SDE":
+            return x ** (self.eta + 1)
+        return x
+
+
+def er_sde_options(
+    solver_type: str, max_stage: int, eta: float, s_noise: float, *, eta_scales_er_sde: bool
+) -> dict[str, Any]:
+    """The ``er_sde`` sampler options of ComfyUI's SamplerER_SDE node.
+
+    ``eta_scales_er_sde`` picks the ComfyUI version's semantics. True (0.32 on, commit 40e46c71): eta
+    scales every solver type's noise (ER-SDE included) and eta 0 turns any of them into the ODE,
+    without noise. False (v0.18.1): eta applies to the reverse-time SDE only, ER-SDE always uses the
+    paper's function, and the ODE or a reverse-time SDE at eta 0 runs without noise.
+    """
+    if eta_scales_er_sde:
+        if solver_type == "ODE" or eta == 0:
+            solver_type, eta, s_noise = "ODE", 0.0, 0.0
+    elif solver_type == "ER-SDE":
+        eta = 1.0
+    elif solver_type == "ODE" or eta == 0:
+        solver_type, eta, s_noise = "ODE", 0.0, 0.0
+    return {"noise_scaler": ErSdeNoiseScaler(solver_type, float(eta)), "s_noise": float(s_noise),
+            "max_stage": int(max_stage)}
 
 
 @register_sampler("er_sde")
