@@ -30,7 +30,7 @@ def _check_embeddings(literals: dict, env: CheckEnv) -> list[Problem]:
     except ModelPathsError as exc:
         return [Problem("text", str(exc), None)]
     problems = []
-    for name, path in embedding_files(text, folders):
+    for name, path in embedding_files(text, folders, env.comfy_version):
         problem = model_file_problem(path)
         if problem:
             problems.append(Problem("text", f"embedding '{name}' cannot be loaded: {problem}", None))
@@ -43,7 +43,7 @@ def _check_embeddings(literals: dict, env: CheckEnv) -> list[Problem]:
     batch=lambda calls: one_by_one(text_encode)(calls),  # each prompt alone: no padding to a common length
     comfy=Comfy("CLIPTextEncode", dynamic_prompts=("text",), display_name="CLIP Text Encode (Prompt)",
                 input_order=("text", "clip")),
-    version=2,  # 2: embedding: words, ComfyUI's escapes, the clip's LoRAs
+    version=3,  # 2: embedding: words, ComfyUI's escapes, the clip's LoRAs; 3: the comfy setting's word rules
     check=_check_embeddings,
 )
 def text_encode(ctx: Context, clip: Clip, text: Annotated[str, Field(description="the prompt")] = "") -> Conditioning:
@@ -67,7 +67,7 @@ def text_encode(ctx: Context, clip: Clip, text: Annotated[str, Field(description
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with clip.ready() as encoder:
-            cond = encode_prompt(encoder, text, folders)
+            cond = encode_prompt(encoder, text, folders, ctx.comfy_version)
     for warning in caught:  # missing embeddings become node warnings; anything else passes through
         if issubclass(warning.category, EmbeddingWarning):
             ctx.warn(str(warning.message))

@@ -1,4 +1,4 @@
-"""LoRA files: which keys apply to a model, and patching its weights, exactly as ComfyUI v0.18.1.
+"""LoRA files: which keys apply to a model, and patching its weights, exactly as ComfyUI 0.33 or v0.18.1.
 
 A LoRA adds a low-rank update to some of a model's weights. graphrun reads a LoRA file the way
 ComfyUI's ``LoraLoader`` does: ComfyUI builds, for the model it patches, a table from *key prefixes*
@@ -19,7 +19,13 @@ So a *bare* original name that differs in diffusers (``layers.0.attention.qkv``,
 ``base_model.model.`` prefix and ``model.diffusion_model.`` are ignored, as by ComfyUI. For the Qwen3
 text encoder (``LoraLoader``'s ``strength_clip``) the prefixes are ``text_encoders.qwen3_4b.transformer.
 model.X`` and ``text_encoders.transformer.model.X`` for every weight ``X`` (``layers.0.self_attn.q_proj``,
-``embed_tokens``, ...); kohya ``lora_te_*`` keys are not read for Qwen3 by v0.18.1 (later versions do).
+``embed_tokens``, ...), and, following ComfyUI 0.33 (the default ``comfy`` setting), kohya's
+``lora_te_<X with "_" for ".">`` (``lora_te_layers_0_self_attn_q_proj``), listed after the other two. 0.33
+adds that form for a text encoder whose weights all sit under one top-level prefix (Z-Image's
+``qwen3_4b.``), naming each weight below ``qwen3_4b.transformer.model.``; so ``lora_te_model_layers_*``,
+``lora_te1_*`` and ``lora_te2_*`` stay ignored there. ComfyUI v0.18.1 (the ``0.18.1`` and ``2025.10``
+settings) reads no ``lora_te*`` key for Qwen3: graphrun ignores them too and names them in its warning.
+The setting is fixed per loaded file (:func:`load_lora`'s ``comfy_version``).
 
 For each prefix ``x`` the first of these pairs present is the LoRA (up, down):
 ``x.lora_up.weight``/``x.lora_down.weight``, ``x_lora.up/down.weight``, ``x.lora_B/lora_A.weight``,
@@ -34,10 +40,23 @@ ComfyUI and both apply, as there. Each patched weight becomes::
     W' = W + strength · diff                                (.diff / .w_norm / .diff_b / .b_norm)
 
 computed in float32, in ComfyUI's order, and cast back to the weight's dtype once; several LoRAs are
-applied in order before that cast. On GPUs where ComfyUI v0.18.1 does its LoRA math in float16 (see
-:func:`lora_compute_dtype`) graphrun does too, for a bf16/fp16 model. :func:`patched` applies a list of ``(lora, strength)`` for the
-duration of a ``with`` block and puts the original weights back bit for bit after, so graph branches
-with different LoRAs share one model in memory.
+applied in order before that cast. The text encoder's patches follow the same arithmetic as the
+transformer's (ComfyUI patches both through one weight-patch routine). On GPUs where ComfyUI (v0.18.1
+and 0.33 alike) does its LoRA math in float16 (see :func:`lora_compute_dtype`) graphrun does too, for a
+bf16/fp16 model. :func:`patched` applies a list of ``(lora, strength)`` for the duration of a ``with``
+block and puts the original weights back bit for bit after, so graph branches with different LoRAs
+share one model in memory.
+
+A weight of an ``int8_tensorwise`` layer (ComfyUI 0.33's int8 files, with or without ConvRot; graphrun's
+:class:`~graphrun.nodes.quantized_int8.Int8Linear`) is patched as ComfyUI 0.33 patches it when it loads
+the model: the whole ComfyUI weight (a fused qkv with all three parts) is dequantized, the patches are
+added in the LoRA compute dtype, and the sum is quantized again into the same layout with a
+recalculated scale and stochastic rounding seeded by the weight's key, so the layer keeps computing in
+int8 (graphrun's own code, :mod:`graphrun.nodes.quantized_int8`; checked bit for bit against ComfyUI's
+patched codes and scales on the CPU). Stochastic rounding draws its numbers on the device ComfyUI patches
+on; on an accelerator ComfyUI uses comfy-kitchen's device kernels, which graphrun does not reproduce, so a
+LoRA on an int8 layer is refused there (:class:`LoraError`) rather than applied differently. Weights of
+the other quantized formats (dequantized at each call: fp8 mixed, nvfp4, mxfp8) are refused too.
 
 Refused with a clear error, because graphrun does not implement them and ComfyUI would apply them
 (the picture would silently differ): DoRA (``.dora_scale``), LoCon-Tucker (``.lora_mid.weight``),
@@ -58,16 +77,18 @@ from typing import Literal
 import torch
 from safetensors import safe_open
 
+from graphrun.engine.comfy.versions import DEFAULT_COMFY_VERSION, comfy_at_least, resolve_comfy_version
 from graphrun.nodes.zimage import lora_keys
+from graphrun.nodes.quantized_int8 import Int8Linear, Int8Weight, comfy_seed, dequantize_for_patch, requantize_patched
 
 __all__ = [
-    "COMFY_LORA_VERSION",
     "LoraError",
     "LoraMatch",
     "LoraWarning",
     "LoraWeights",
     "WeightPatch",
     "check_lora",
+    "comfy_lora_name",
     "key_map",
     "load_lora",
     "lora_compute_dtype",
@@ -75,8 +96,16 @@ __all__ = [
     "patched",
 ]
 
-#: The ComfyUI version whose LoRA key handling this module reproduces.
-COMFY_LORA_VERSION = "v0.18.1"
+def comfy_lora_name(comfy_version: str | None) -> str:
+    """The ComfyUI release whose LoRA key table the ``comfy`` setting follows, for messages:
+    "ComfyUI 0.33" for 0.33, else "ComfyUI v0.18.1" (the 2025.10 setting uses v0.18.1's table)."""
+    return "ComfyUI 0.33" if _reads_kohya_te(comfy_version) else "ComfyUI v0.18.1"
+
+
+def _reads_kohya_te(comfy_version: str | None) -> bool:
+    """ComfyUI 0.33 (commit 0a7d2ffd) reads kohya ``lora_te_*`` keys for a single-prefix text encoder."""
+    return comfy_at_least(resolve_comfy_version(comfy_version), "0.33")
+
 
 ACCEPTED_LAYOUTS = (
     "for Z-Image: `diffusion_model.<module>` or kohya `lora_unet_<module_with_underscores>` with ComfyUI's "
@@ -84,7 +113,8 @@ ACCEPTED_LAYOUTS = (
     "`feed_forward.w1`); `<module>`, `transformer.<module>`, `diffusion_model.<module>` or "
     "`lycoris_<module_with_underscores>` with diffusers names (`layers.0.attention.to_q`, "
     "`attention.to_out.0`, `all_x_embedder.2-1`); for the Qwen3 text encoder `text_encoders.transformer.model."
-    "<module>` or `text_encoders.qwen3_4b.transformer.model.<module>`; each followed by `.lora_A.weight`/"
+    "<module>`, `text_encoders.qwen3_4b.transformer.model.<module>` or (ComfyUI 0.33) kohya "
+    "`lora_te_<module_with_underscores>` (`lora_te_layers_0_self_attn_q_proj`); each followed by `.lora_A.weight`/"
     "`.lora_B.weight`, `.lora_down.weight`/`.lora_up.weight` (+ `.alpha`), or `.diff`/`.diff_b`"
 )
 
@@ -132,12 +162,15 @@ class LoraWeights:
     """The tensors of one LoRA file (see :func:`load_lora`).
 
     Compared and hashed by identity: load a file once and pass the same object around, so
-    :func:`patched` can see that a LoRA set is already applied.
+    :func:`patched` can see that a LoRA set is already applied. ``comfy_version`` is the ``comfy``
+    setting whose key table decides which keys apply (it travels with the file so that every model
+    it patches, while sampling or encoding, reads it the same way).
     """
 
     path: Path
     tensors: dict[str, torch.Tensor] = field(repr=False)
     metadata: dict[str, str] = field(default_factory=dict, repr=False)
+    comfy_version: str = DEFAULT_COMFY_VERSION
     _matches: weakref.WeakKeyDictionary = field(
         default_factory=weakref.WeakKeyDictionary, init=False, repr=False
     )
@@ -263,13 +296,15 @@ class LoraMatch:
 # Loading
 
 
-def load_lora(path: str | Path) -> LoraWeights:
-    """Read a LoRA safetensors file.
+def load_lora(path: str | Path, comfy_version: str | None = None) -> LoraWeights:
+    """Read a LoRA safetensors file, to be applied with the key table of ``comfy_version`` (a ``comfy``
+    setting such as "0.33" or "0.18.1"; None: the default).
 
     Raises :class:`LoraError` for a missing file, a pickle-based file, a file that is not valid
     safetensors, and a file without a single key of any adapter type ComfyUI reads (a checkpoint, an
     embedding, ...). Which keys apply is only known against a model: see :func:`match_lora`.
     """
+    version = resolve_comfy_version(comfy_version)
     path = Path(path)
     if not path.is_file():
         raise LoraError(f"LoRA file not found: {path}")
@@ -282,10 +317,10 @@ def load_lora(path: str | Path) -> LoraWeights:
     if not any(key.endswith(_KNOWN_SUFFIXES) for key in tensors):
         sample = ", ".join(repr(k) for k in list(tensors)[:5])
         raise LoraError(
-            f"{path.name!r} holds no LoRA weights ({len(tensors)} tensors, e.g. {sample}); ComfyUI "
-            f"{COMFY_LORA_VERSION} would ignore every key of it too. Accepted layouts: {ACCEPTED_LAYOUTS}."
+            f"{path.name!r} holds no LoRA weights ({len(tensors)} tensors, e.g. {sample}); "
+            f"{comfy_lora_name(version)} would ignore every key of it too. Accepted layouts: {ACCEPTED_LAYOUTS}."
         )
-    return LoraWeights(path=path, tensors=tensors, metadata=metadata)
+    return LoraWeights(path=path, tensors=tensors, metadata=metadata, comfy_version=version)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -335,30 +370,32 @@ def _describe_layout(keys: Sequence[str]) -> str:
 # ComfyUI's prefix tables
 
 
-def key_map(model: torch.nn.Module) -> _KeyMap:
-    """ComfyUI v0.18.1's LoRA prefix table for ``model`` (a diffusers Z-Image transformer or a
-    transformers Qwen3 text encoder), expressed against the model's own parameter names."""
-    cached = getattr(model, "_graphrun_lora_key_map", None)
-    if cached is not None:
-        return cached
-    if hasattr(model, "all_x_embedder") and hasattr(model, "layers"):
-        table = _zimage_key_map(model)
-    elif hasattr(model, "embed_tokens") and hasattr(model, "layers"):
-        table = _qwen3_key_map(model)
-    else:
+def key_map(model: torch.nn.Module, comfy_version: str | None = None) -> _KeyMap:
+    """ComfyUI's LoRA prefix table for ``model`` (a diffusers Z-Image transformer or a transformers
+    Qwen3 text encoder) under the ``comfy`` setting ``comfy_version`` (None: the default), expressed
+    against the model's own parameter names. Only the text encoder's table differs between 0.33 and
+    v0.18.1 (kohya ``lora_te_*``); the Z-Image transformer's is the same in both."""
+    is_zimage = hasattr(model, "all_x_embedder") and hasattr(model, "layers")
+    if not is_zimage and not (hasattr(model, "embed_tokens") and hasattr(model, "layers")):
         raise LoraError(
             f"graphrun applies LoRAs to Z-Image's transformer and its Qwen3 text encoder only, "
             f"not to {type(model).__name__}."
         )
-    model._graphrun_lora_key_map = table
-    return table
+    variant = None if is_zimage else _reads_kohya_te(comfy_version)  # one table per variant, per model
+    cached = getattr(model, "_graphrun_lora_key_maps", None)
+    if cached is None:
+        cached = model._graphrun_lora_key_maps = {}
+    if variant not in cached:
+        cached[variant] = _zimage_key_map(model) if is_zimage else _qwen3_key_map(model, bool(variant))
+    return cached[variant]
 
 
 def _param_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     # A quantized Linear keeps no `weight` parameter, but ComfyUI's table lists its weight: list it
-    # too, so that a LoRA for it is refused by match_lora instead of silently ignored.
-    for name in _quantized_modules(model):
+    # too, so that a LoRA for it is patched (int8) or refused by match_lora (other formats) instead of
+    # silently ignored.
+    for name in [*_int8_modules(model), *_quantized_modules(model)]:
         module = model.get_submodule(name)
         shapes[f"{name}.weight"] = (int(module.out_features), int(module.in_features))
     return shapes
@@ -436,17 +473,24 @@ def _zimage_key_map(model: torch.nn.Module) -> _KeyMap:
     return _KeyMap(prefixes, weights, "Z-Image transformer")
 
 
-def _qwen3_key_map(model: torch.nn.Module) -> _KeyMap:
+def _qwen3_key_map(model: torch.nn.Module, kohya_te: bool) -> _KeyMap:
+    """ComfyUI's table for Z-Image's Qwen3 (model_lora_keys_clip): ComfyUI's state dict is graphrun's
+    under ``qwen3_4b.transformer.model.``; every weight gets ``text_encoders.`` + that key and the same
+    without the ``qwen3_4b.`` wrapper, and with ``kohya_te`` (0.33: the one top-level prefix
+    ``qwen3_4b``) then, after all of those, kohya's ``lora_te_`` + the key below ``...model.`` with
+    "_" for "." (so a file holding two spellings of one weight patches it with the kohya one)."""
     shapes = _param_shapes(model)
     weights = {f"qwen3_4b.transformer.model.{n}": _Target(f"qwen3_4b.transformer.model.{n}", None, ((n, None),), s)
                for n, s in shapes.items()}
+    modules = [name[: -len(".weight")] for name in shapes if name.endswith(".weight")]
     prefixes: dict[str, _Target] = {}
-    for name in shapes:
-        if name.endswith(".weight"):
-            target = weights[f"qwen3_4b.transformer.model.{name}"]
-            module = name[: -len(".weight")]
-            prefixes[f"text_encoders.qwen3_4b.transformer.model.{module}"] = target
-            prefixes[f"text_encoders.transformer.model.{module}"] = target
+    for module in modules:
+        target = weights[f"qwen3_4b.transformer.model.{module}.weight"]
+        prefixes[f"text_encoders.qwen3_4b.transformer.model.{module}"] = target
+        prefixes[f"text_encoders.transformer.model.{module}"] = target
+    if kohya_te:
+        for module in modules:
+            prefixes["lora_te_" + module.replace(".", "_")] = weights[f"qwen3_4b.transformer.model.{module}.weight"]
     return _KeyMap(prefixes, weights, "Qwen3 text encoder")
 
 
@@ -455,7 +499,8 @@ def _qwen3_key_map(model: torch.nn.Module) -> _KeyMap:
 
 
 def match_lora(model: torch.nn.Module, lora: LoraWeights) -> LoraMatch:
-    """Resolve ``lora`` against ``model`` with ComfyUI v0.18.1's rules (see the module docs).
+    """Resolve ``lora`` against ``model`` with the rules of ComfyUI at ``lora.comfy_version`` (see the
+    module docs).
 
     Returns the patches (possibly none) and the file keys they use; keys not used are what ComfyUI
     would not load either (:func:`check_lora` reports them). Raises :class:`LoraError` when a used
@@ -466,7 +511,7 @@ def match_lora(model: torch.nn.Module, lora: LoraWeights) -> LoraMatch:
     cached = lora._matches.get(model)
     if cached is not None:
         return cached
-    table = key_map(model)
+    table = key_map(model, lora.comfy_version)
     tensors = lora.tensors
     chosen: dict[tuple[str, tuple[int, int] | None], WeightPatch] = {}  # ComfyUI's patch dict
     used: set[str] = set()
@@ -485,7 +530,7 @@ def match_lora(model: torch.nn.Module, lora: LoraWeights) -> LoraMatch:
             down_key = prefix + down_suffix
             if down_key not in tensors:
                 raise LoraError(f"LoRA {lora.name!r} is incomplete: {up_key!r} has no {down_key!r} "
-                                f"(ComfyUI {COMFY_LORA_VERSION} fails on it too).")
+                                f"({comfy_lora_name(lora.comfy_version)} fails on it too).")
             for extra, what in ((dora_key, "DoRA"), (f"{prefix}.reshape_weight", "`reshape_weight`")):
                 if extra in tensors:
                     raise _unsupported(lora, what, extra)
@@ -536,12 +581,18 @@ def _bias_target(table: _KeyMap, target: _Target) -> _Target | None:
 
 
 def _quantized_modules(model: torch.nn.Module) -> set[str]:
+    """Quantized layers graphrun cannot patch (the formats dequantized at each call)."""
     return {name for name, module in model.named_modules() if hasattr(module, "quantized_weight")}
+
+
+def _int8_modules(model: torch.nn.Module) -> dict[str, Int8Linear]:
+    """The int8 layers, which are patched as ComfyUI 0.33 patches them (:func:`_apply_int8`)."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, Int8Linear)}
 
 
 def _unsupported(lora: LoraWeights, what: str, key: str) -> LoraError:
     return LoraError(
-        f"LoRA {lora.name!r} uses {what} (key {key!r}); ComfyUI {COMFY_LORA_VERSION} applies it, graphrun "
+        f"LoRA {lora.name!r} uses {what} (key {key!r}); {comfy_lora_name(lora.comfy_version)} applies it, graphrun "
         "does not implement it, so the result would silently differ. Use a plain LoRA."
     )
 
@@ -579,18 +630,19 @@ def check_lora(lora: LoraWeights, models: Sequence[torch.nn.Module]) -> tuple[Lo
     Warns once with :class:`LoraWarning`, naming the keys that none of the models uses (ComfyUI
     ignores the same keys). Raises :class:`LoraError` when no key applies at all, saying that ComfyUI
     would also ignore the file, unless every key is a text-encoder key: such a file (kohya `lora_te*`
-    keys, which this ComfyUI does not read for Qwen3, or text-encoder keys without a CLIP) runs in
-    ComfyUI as a no-op, so it only warns here too.
+    keys that the followed ComfyUI does not read for Qwen3, or text-encoder keys without a CLIP) runs
+    in ComfyUI as a no-op, so it only warns here too.
     """
+    comfy = comfy_lora_name(lora.comfy_version)
     matches = tuple(match_lora(model, lora) for model in models)
     used = set().union(*(m.used_keys for m in matches))
     ignored = [k for k in lora.keys if k not in used]
     kinds = " and the ".join(m.model_kind for m in matches)
-    hints = _hints(lora, ignored, matches)
+    hints = _hints(lora, ignored, matches, models)
     if not used and all(k.startswith(_TEXT_ENCODER_KEY_PREFIXES) for k in lora.keys):
         warnings.warn(
-            f"LoRA {lora.name!r}: none of its {len(lora.keys)} text-encoder keys is applied, and ComfyUI "
-            f"{COMFY_LORA_VERSION} ignores them too ('lora key not loaded'): {_few(ignored)}; the model and "
+            f"LoRA {lora.name!r}: none of its {len(lora.keys)} text-encoder keys is applied, and "
+            f"{comfy} ignores them too ('lora key not loaded'): {_few(ignored)}; the model and "
             f"clip are unchanged.{hints}",
             LoraWarning,
             stacklevel=2,
@@ -601,15 +653,15 @@ def check_lora(lora: LoraWeights, models: Sequence[torch.nn.Module]) -> tuple[Lo
         total = sum(m.model_weights for m in matches)
         raise LoraError(
             f"LoRA {lora.name!r} matched none of the {total} weights of the {kinds} (detected layout: "
-            f"{lora.layout}; keys e.g. {sample}; {len(lora.keys)} keys in all). ComfyUI {COMFY_LORA_VERSION} "
+            f"{lora.layout}; keys e.g. {sample}; {len(lora.keys)} keys in all). {comfy} "
             f"would ignore every key of it too and leave the model unchanged.{hints} It may be made for "
             f"another model. Accepted layouts: {ACCEPTED_LAYOUTS}."
         )
     if ignored:
         patched_weights = sum(len(m.weights) for m in matches)
         warnings.warn(
-            f"LoRA {lora.name!r}: {len(ignored)} of {len(lora.keys)} keys are not applied, and ComfyUI "
-            f"{COMFY_LORA_VERSION} ignores them too ('lora key not loaded'): {_few(ignored)}; "
+            f"LoRA {lora.name!r}: {len(ignored)} of {len(lora.keys)} keys are not applied, and "
+            f"{comfy} ignores them too ('lora key not loaded'): {_few(ignored)}; "
             f"{patched_weights} weights patched.{hints}",
             LoraWarning,
             stacklevel=2,
@@ -620,12 +672,29 @@ def check_lora(lora: LoraWeights, models: Sequence[torch.nn.Module]) -> tuple[Lo
 _TEXT_ENCODER_KEY_PREFIXES = ("lora_te", "text_encoders.", "text_encoder.")
 
 
-def _hints(lora: LoraWeights, ignored: Sequence[str], matches: Sequence[LoraMatch]) -> str:
+def _hints(lora: LoraWeights, ignored: Sequence[str], matches: Sequence[LoraMatch],
+           models: Sequence[torch.nn.Module]) -> str:
+    """Why text-encoder keys were ignored, when the reason is not the model: no CLIP, or a kohya
+    spelling that the followed ComfyUI does not read for Qwen3."""
     notes: list[str] = []
-    if any(k.startswith("text_encoders.") for k in ignored) and all(m.model_kind != "Qwen3 text encoder" for m in matches):
+    kohya_te = _reads_kohya_te(lora.comfy_version)
+    with_clip = any(m.model_kind == "Qwen3 text encoder" for m in matches)
+    te_keys = ("text_encoders.", "lora_te_") if kohya_te else ("text_encoders.",)
+    if not with_clip and any(k.startswith(te_keys) for k in ignored):
         notes.append("its text-encoder keys apply only with a CLIP connected (ComfyUI's LoraLoader)")
-    if any(k.startswith("lora_te") and "text_model" not in k for k in ignored):  # not a CLIP's keys
-        notes.append("kohya `lora_te*` keys are not read for Z-Image's Qwen3 encoder by this ComfyUI version")
+    kohya_ignored = [k for k in ignored if k.startswith("lora_te") and "text_model" not in k]  # not a CLIP's keys
+    if kohya_ignored and not kohya_te:
+        encoders = [model for model, m in zip(models, matches) if m.model_kind == "Qwen3 text encoder"]
+        later = key_map(encoders[0], "0.33").prefixes if encoders else {}
+        readable = sum(1 for k in kohya_ignored if k.split(".", 1)[0] in later)
+        notes.append("kohya `lora_te*` keys are not read for Z-Image's Qwen3 encoder by ComfyUI v0.18.1"
+                     + (f" (ComfyUI 0.33 reads {readable} of these keys: run with --comfy 0.33 to apply them)"
+                        if readable else ""))
+    elif kohya_ignored and with_clip:
+        notes.append("for Z-Image's Qwen3 encoder ComfyUI 0.33 reads kohya keys only as `lora_te_<module>`, "
+                     "the encoder's module path with `_` (`lora_te_layers_0_self_attn_q_proj`); "
+                     "`lora_te_model_*`, `lora_te1_*` and `lora_te2_*` keys and modules the encoder lacks "
+                     "are not read")
     return "".join(f" Note: {n}." for n in notes)
 
 
@@ -703,8 +772,18 @@ def _same_set(a: tuple[tuple[LoraWeights, float], ...], b: tuple[tuple[LoraWeigh
 
 
 def _plan(model: torch.nn.Module, loras: tuple[tuple[LoraWeights, float], ...]) -> list[tuple[WeightPatch, float]]:
-    """Every patch of every LoRA with its strength, LoRAs in order, each LoRA's patches in ComfyUI's order."""
-    return [(patch, strength) for lora, strength in loras for patch in match_lora(model, lora).patches]
+    """Every patch of every LoRA with its strength, LoRAs in order, each LoRA's patches in ComfyUI's order.
+
+    Raises :class:`LoraError` for a patch of an int8 layer that graphrun cannot patch as ComfyUI does
+    (on an accelerator, see :func:`_int8_patch_device`)."""
+    int8 = _int8_modules(model)
+    plan = []
+    for lora, strength in loras:
+        for patch in match_lora(model, lora).patches:
+            if int8 and _int8_parts(patch.target, int8):
+                _check_int8_device(model, int8, patch, lora.name)
+            plan.append((patch, strength))
+    return plan
 
 
 # GPUs of compute capability 7.x on which ComfyUI does not use float16
@@ -712,7 +791,7 @@ _NO_FP16_GPUS = ("1660", "1650", "1630", "T500", "T550", "T600", "MX550", "MX450
 
 
 def lora_compute_dtype(weight: torch.Tensor, execution_device: torch.device | str | None = None) -> torch.dtype:
-    """The dtype ComfyUI v0.18.1 patches a weight in: float16 where it would compute in float16 (CUDA
+    """The dtype ComfyUI (v0.18.1, 0.33) patches a weight in: float16 where it would compute in float16 (CUDA
     GPUs of compute capability 7 and up, ROCm, Apple MPS, Intel XPUs with float16), else float32.
 
     ComfyUI switched to float16 for LoRA math on GPUs in December 2025 (its ``lora_compute_dtype``):
@@ -755,7 +834,11 @@ def _apply(
     by_weight: dict[str, list[tuple[WeightPatch, float]]] = {}
     for patch, strength in plan:
         by_weight.setdefault(patch.weight, []).append((patch, strength))
+    int8 = _int8_modules(model)
     for patches in by_weight.values():
+        if int8 and _int8_parts(patches[0][0].target, int8):
+            _apply_int8(model, state, patches, int8, backup_device)
+            continue
         totals: dict[str, torch.Tensor] = {}
         for patch, strength in patches:
             first = params[patch.target.params[0][0]]
@@ -776,6 +859,95 @@ def _apply(
                 backup = weight.detach().to(device=backup_device or weight.device, copy=True)
                 state.backups[id(weight)] = (weight, backup)
             weight.copy_(total.to(weight.dtype))
+
+
+def _int8_parts(target: _Target, int8: dict[str, Int8Linear]) -> list[tuple[Int8Linear, slice | None]]:
+    """The int8 layers a patch target consists of, with their rows (empty: not an int8 weight)."""
+    parts = []
+    for name, rows in target.params:
+        module, _, leaf = name.rpartition(".")
+        if leaf == "weight" and module in int8:
+            parts.append((int8[module], rows))
+    return parts
+
+
+def _int8_device(model: torch.nn.Module, module: Int8Linear) -> torch.device:
+    """Where ComfyUI would patch an int8 layer: the device the model runs on."""
+    return torch.device(getattr(model, "_graphrun_execution_device", None) or module.q_data.device)
+
+
+def _check_int8_device(model: torch.nn.Module, int8: dict[str, Int8Linear], patch: WeightPatch,
+                       lora_name: str) -> None:
+    """Refuse to patch an int8 layer anywhere but on the CPU: graphrun reproduces ComfyUI 0.33's CPU
+    path (checked bit for bit); on a GPU ComfyUI requantizes with comfy-kitchen's CUDA kernels and
+    their own random numbers, or patches at call time when it streams weights, neither of which
+    graphrun reproduces."""
+    module = _int8_parts(patch.target, int8)[0][0]
+    device = _int8_device(model, module)
+    if device.type != "cpu":
+        raise LoraError(
+            f"LoRA {lora_name!r} patches {patch.weight!r}, an int8 layer ('{module.layer}', int8_tensorwise"
+            f"{' with ConvRot' if module.convrot else ''}), on {device}. ComfyUI 0.33 requantizes a patched int8 "
+            "weight with stochastic rounding; on an accelerator it does so with comfy-kitchen's device kernels "
+            "and random numbers (or at call time), which graphrun does not reproduce, so the picture would "
+            "silently differ. Run this model on the CPU, or use the unquantized (bf16) model file with this LoRA."
+        )
+
+
+@torch.no_grad()
+def _apply_int8(
+    model: torch.nn.Module,
+    state: _PatchState,
+    patches: list[tuple[WeightPatch, float]],
+    int8: dict[str, Int8Linear],
+    backup_device: torch.device | str | None,
+) -> None:
+    """Patch one int8 ComfyUI weight as ComfyUI 0.33 does when it loads the patched model: the whole
+    weight (a fused qkv with all three parts, even when a LoRA patches only ``to_q``) is dequantized,
+    every patch is added in order in the LoRA compute dtype, and the sum is quantized again with a
+    recalculated scale and stochastic rounding seeded by the weight's ComfyUI key (see
+    :mod:`graphrun.nodes.quantized_int8`). The layers keep computing in int8."""
+    first_patch = patches[0][0]
+    key = first_patch.weight
+    whole = key_map(model).weights[key]  # the full ComfyUI weight, whatever part a patch narrows to
+    parts = _int8_parts(whole, int8)
+    if len(parts) != len(whole.params):
+        raise LoraError(f"{key!r} is int8 in some of its graphrun layers only "
+                        f"({', '.join(name for name, _ in whole.params)}); graphrun cannot patch it as ComfyUI does.")
+    modules = [module for module, _ in parts]
+    head = modules[0]
+    device = _int8_device(model, head)  # the CPU (_plan refuses others)
+    scales = [module.int8_weight().scale for module in modules]
+    per_row = any(scale.numel() > 1 for scale in scales)
+    data = torch.cat([module.q_data for module in modules]) if len(modules) > 1 else head.q_data
+    scale = torch.cat(scales) if per_row and len(scales) > 1 else scales[0]
+    weight = Int8Weight(head.layer, data, scale, head.convrot, head.group_size)
+    model_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = lora_compute_dtype(torch.empty(0, dtype=model_dtype, device=device), device)
+    w = dequantize_for_patch(weight, dtype, device)
+    for patch, strength in patches:
+        block = patch.block(strength, device, dtype)
+        offset = patch.target.offset
+        view = w if offset is None else w[offset[0]:offset[0] + offset[1]]
+        if patch.kind == "set":
+            view.copy_(block.reshape(view.shape))
+        else:
+            view += block.reshape(view.shape)
+    codes, scale = requantize_patched(w, convrot=weight.convrot, group_size=weight.group_size, per_row=per_row,
+                                      seed=comfy_seed(key))
+    # The parts of a fused weight can share storage (views of one loaded tensor): back every buffer up
+    # before writing any of them.
+    buffers = [module.int8_buffers() for module in modules]
+    for pair in buffers:
+        for buffer in pair:
+            if id(buffer) not in state.backups:
+                backup = buffer.detach().to(device=backup_device or buffer.device, copy=True)
+                state.backups[id(buffer)] = (buffer, backup)
+    for (data, scale_bits), (_module, rows) in zip(buffers, parts):
+        part_codes = codes if rows is None else codes[rows]
+        part_scale = scale if scale.numel() == 1 or rows is None else scale[rows]
+        data.copy_(part_codes.to(data.device))
+        scale_bits.copy_(part_scale.reshape(scale_bits.shape).contiguous().view(torch.int32).to(scale_bits.device))
 
 
 @torch.no_grad()

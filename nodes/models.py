@@ -224,8 +224,11 @@ def load_diffusion_model(
 
     Reads bf16/fp16/fp32 files and ComfyUI's quantized ones: fp8 (`*_fp8_e4m3fn`), scaled fp8
     (`*_fp8_scaled`) and mixed precision (`comfy_quant` layers: float8_e4m3fn, float8_e5m2,
-    nvfp4, mxfp8), dequantized to the compute dtype exactly as ComfyUI v0.18.1 does. Formats
-    v0.18.1 cannot load (the int8 files of later versions) are refused with a clear error.
+    nvfp4, mxfp8), dequantized to the compute dtype exactly as ComfyUI does. Under the ComfyUI 0.33
+    setting (the default) int8 files (`*_int8_convrot`, `int8_tensorwise` layers) load too and
+    compute in int8 as ComfyUI 0.33 does on the CPU; under 0.18.1 / 2025.10 they are refused with a
+    clear error, as those versions cannot load them. 4-bit formats (convrot_w4a4, asym_w4a8_int8)
+    are refused.
 
     `weight_dtype` as in ComfyUI: `fp8_e4m3fn` and `fp8_e5m2` round the weights to that fp8
     type (ComfyUI stores the model in it; a mixed-precision file keeps its Linear layers) and
@@ -241,7 +244,7 @@ def load_diffusion_model(
         ctx.warn("weight_dtype fp8_e4m3fn_fast: fp8 matrix multiplication is not implemented; the weights are "
                  f"rounded to fp8 as with fp8_e4m3fn and computation stays in {dtype}")
     transformer = load_transformer_file(_resolve(ctx, name, "diffusion_models"), device, dtype,
-                                        weight_dtype=weight_dtype)
+                                        weight_dtype=weight_dtype, comfy_version=ctx.comfy_version)
     return ModelHandle(ZImageDenoiser(transformer, device=device))
 
 
@@ -266,7 +269,8 @@ def load_text_encoder(
     the Qwen tokenizer bundled with graphrun (the one ComfyUI uses); the tiny model's encoder uses its
     built-in byte tokenizer. ComfyUI's quantized encoders
     (`qwen_3_4b_fp8_mixed`, `*_fp8_scaled`, nvfp4/mxfp8 mixed files) load too: their quantized layers are
-    dequantized in float32 at each call, exactly as ComfyUI v0.18.1 does.
+    dequantized in float32 at each call, exactly as ComfyUI does; int8 layers (ComfyUI 0.33 setting)
+    compute in int8 as ComfyUI 0.33 does.
     """
     from .zimage.loading import load_text_encoder_file
 
@@ -277,7 +281,7 @@ def load_text_encoder(
         import torch
 
         dev = torch.device("cpu")
-    parts = load_text_encoder_file(_resolve(ctx, name, "text_encoders"), dev, dtype)
+    parts = load_text_encoder_file(_resolve(ctx, name, "text_encoders"), dev, dtype, comfy_version=ctx.comfy_version)
     return ClipHandle(parts.text_encoder, parts.tokenizer)
 
 
@@ -329,7 +333,7 @@ def resolve_lora(ctx: Context, name: str) -> Path:
               input_order=("model", "clip", "lora_name", "strength_model", "strength_clip")),
     ),
     check=file_check("name", "loras"),
-    version=2,  # 2: ComfyUI v0.18.1's key table, LoRA on the text encoder
+    version=3,  # 2: ComfyUI v0.18.1's key table, LoRA on the text encoder; 3: the comfy setting's table
 )
 def load_lora(
     ctx: Context,
@@ -344,11 +348,13 @@ def load_lora(
     """Add a LoRA to a model handle and, with a clip, to the text encoder (ComfyUI LoraLoader /
     LoraLoaderModelOnly).
 
-    Keys are read exactly as ComfyUI v0.18.1 reads them for Z-Image: diffusers/PEFT names (bare,
-    `transformer.`, `diffusion_model.`, `lycoris_`), ComfyUI's own names with `diffusion_model.` or
-    kohya `lora_unet_` (the fused `attention.qkv` included), as lora_A/B or lora_down/up (+alpha)
-    pairs or `.diff`; with a clip also the Qwen3 encoder's `text_encoders.transformer.model.*` keys,
-    at `strength_clip`. Keys ComfyUI ignores are ignored too, with one warning naming them; a LoRA
+    Keys are read exactly as the followed ComfyUI (the `comfy` setting) reads them for Z-Image:
+    diffusers/PEFT names (bare, `transformer.`, `diffusion_model.`, `lycoris_`), ComfyUI's own names
+    with `diffusion_model.` or kohya `lora_unet_` (the fused `attention.qkv` included), as lora_A/B or
+    lora_down/up (+alpha) pairs or `.diff`; with a clip also the Qwen3 encoder's
+    `text_encoders.transformer.model.*` keys and, with ComfyUI 0.33 (the default), kohya's
+    `lora_te_<module>` keys (`lora_te_layers_0_self_attn_q_proj`), at `strength_clip`; ComfyUI v0.18.1
+    (`--comfy 0.18.1`) ignores `lora_te_*`. Keys ComfyUI ignores are ignored too, with one warning naming them; a LoRA
     of which nothing applies is an error. Stack several by chaining; the base weights are shared and
     patched only while sampling (transformer) or encoding (text encoder).
     """
@@ -356,7 +362,7 @@ def load_lora(
 
     if no_lora(name) or (strength_model == 0 and strength_clip == 0):
         return LoraOutputs(model, clip)
-    lora = read_lora(resolve_lora(ctx, name))
+    lora = read_lora(resolve_lora(ctx, name), comfy_version=ctx.comfy_version)
     models = [model.denoiser.transformer] + ([clip.text_encoder] if clip is not None else [])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

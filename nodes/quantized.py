@@ -1,13 +1,14 @@
-"""Quantized single-file checkpoints, read the way ComfyUI v0.18.1 reads them.
+"""Quantized single-file checkpoints, read the way ComfyUI reads them (0.33 by default, v0.18.1 selectable).
 
 ComfyUI's model files come in several precisions. This module recognises each layout from the
 safetensors keys, dtypes and header metadata, and turns the weights back into ordinary tensors in
-the compute dtype with exactly the arithmetic ComfyUI v0.18.1 uses on the CPU (comfy-kitchen's
-eager kernels: the same dtype conversions, the same multiplication order), so the weights match
+the compute dtype with exactly the arithmetic ComfyUI uses on the CPU (comfy-kitchen's eager
+kernels: the same dtype conversions, the same multiplication order), so the weights match
 ComfyUI's bit for bit. Scale tensors and per-layer metadata are consumed here and never reach the
-model's key mapping.
+model's key mapping. Which formats load depends on the ComfyUI setting (``ctx.comfy_version``,
+passed down by the loaders as ``comfy_version``).
 
-Layouts that load:
+Layouts that load under every setting:
 
 * **plain fp8** (``*_fp8_e4m3fn.safetensors``): weights stored as ``float8_e4m3fn`` or
   ``float8_e5m2`` with no scales. They are cast to the compute dtype, which is exact.
@@ -32,38 +33,63 @@ Layouts that load:
   ``input_scale`` only matters for fp8 matrix multiplication on GPUs, which ComfyUI does not use
   on the CPU; it is read and ignored.
 
-Refused, with one error that names the file, a layer and the format: the int8 formats of later
-ComfyUI versions (``int8_tensorwise``, with or without ``convrot``, as in the official
-``z_image_turbo_int8_convrot.safetensors``; ``convrot_w4a4``; ``asym_w4a8_int8``), which ComfyUI
-v0.18.1 fails to load too; any other format; scales of a shape v0.18.1 cannot apply; scale tensors
+Added under the ComfyUI 0.33 setting (the default):
+
+* ``int8_tensorwise`` (``*_int8.safetensors``; with ``"convrot": true`` the ``*_int8_convrot`` files
+  of the official ``image_z_image_int8`` / ``image_z_image_turbo_int8`` templates): int8 weights
+  with a float32 ``weight_scale`` (one per tensor, or one per output row), optionally stored
+  rotated in groups of ``convrot_groupsize`` inputs by a Hadamard matrix. ComfyUI 0.33 never
+  dequantizes them: every call runs comfy-kitchen's int8 matmul, which also quantizes the
+  activations per row (after rotating them). graphrun does the same
+  (:mod:`graphrun.nodes.quantized_int8`), in the transformer and in the text encoder.
+* nvfp4 layers with a ``pre_quant_scale`` (AWQ smoothing): the layer's input is multiplied by it,
+  in the input's dtype, before the (dequantized) matrix product, as ComfyUI 0.33 does.
+
+Refused, with one error that names the file, a layer and the format: under the v0.18.1 and
+2025.10 settings, the int8 formats (``int8_tensorwise``, with or without ``convrot``;
+``convrot_w4a4``; ``asym_w4a8_int8``), which those versions fail to load too (KeyError; the message
+suggests ``--comfy 0.33``), and a ``pre_quant_scale``, which they do not read; under 0.33, the
+4-bit formats ``convrot_w4a4`` and ``asym_w4a8_int8`` (ComfyUI 0.33 runs them with comfy-kitchen's
+int4 kernels; graphrun does not implement those) and int8 layers ComfyUI could not run (a scale of
+another shape, ConvRot groups that are not a power of 4 or do not divide the inputs, non-int8
+codes); under every setting, any other format; scales of a shape ComfyUI cannot apply; scale tensors
 without the ``scaled_fp8`` marker or a ``comfy_quant`` config (ComfyUI would ignore them and load
 the weights wrong); 8-bit integer weights without a config; and any quantized tensor in a VAE file
 (ComfyUI's VAE loader applies no scales). A quantized layer must be a Linear layer, the only kind
-ComfyUI dequantizes.
+ComfyUI quantizes.
 
-How the weights are held: the transformer's quantized layers are dequantized once, on load, into
-the compute dtype, which is what ComfyUI computes with (so a quantized file needs as much memory
-as a bf16 one; keeping fp8 weights with fp8 matrix multiplication is not implemented). The text
-encoder computes in float32 while its other weights are stored in a lower precision, so its
-quantized layers keep their compact form and are dequantized in float32 at each call
-(:class:`QuantizedLinear`), exactly as ComfyUI does, without rounding them to the storage dtype.
+How the weights are held: the transformer's quantized layers (except int8 ones) are dequantized
+once, on load, into the compute dtype, which is what ComfyUI computes with (so a quantized file
+needs as much memory as a bf16 one; keeping fp8 weights with fp8 matrix multiplication is not
+implemented). The text encoder computes in float32 while its other weights are stored in a lower
+precision, so its quantized layers keep their compact form and are dequantized in float32 at each
+call (:class:`QuantizedLinear`), exactly as ComfyUI does, without rounding them to the storage
+dtype. int8 layers stay int8 in both (:class:`graphrun.nodes.quantized_int8.Int8Linear`).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from ..engine.comfy.versions import DEFAULT_COMFY_VERSION, comfy_at_least
+from .quantized_int8 import Int8Linear, Int8Weight, add_pre_scale
 from .zimage.loading import ModelLoadError
 
-#: The ``comfy_quant`` formats ComfyUI v0.18.1 can load; graphrun dequantizes all of them.
+#: The ``comfy_quant`` formats ComfyUI v0.18.1 can load (under every setting); graphrun dequantizes all of them.
 SUPPORTED_FORMATS = ("float8_e4m3fn", "float8_e5m2", "nvfp4", "mxfp8")
 
 #: Formats ComfyUI added after v0.18.1 (int8 support arrived in June 2026, ComfyUI PR #14636).
 LATER_FORMATS = ("int8_tensorwise", "convrot_w4a4", "asym_w4a8_int8")
+
+#: The formats graphrun loads under the ComfyUI 0.33 setting (computed as ComfyUI 0.33 does on the CPU).
+SUPPORTED_FORMATS_033 = SUPPORTED_FORMATS + ("int8_tensorwise",)
+
+#: Formats ComfyUI 0.33 runs (with comfy-kitchen's int4 kernels) that graphrun does not implement.
+UNIMPLEMENTED_FORMATS_033 = ("convrot_w4a4", "asym_w4a8_int8")
 
 #: ``weight_dtype`` values of ComfyUI's UNETLoader and the storage dtype each one rounds to.
 WEIGHT_DTYPES = {
@@ -80,7 +106,10 @@ _LAYER_TENSORS = {
     "float8_e5m2": ("weight_scale", "input_scale"),
     "nvfp4": ("weight_scale", "weight_scale_2", "input_scale"),
     "mxfp8": ("weight_scale", "input_scale"),
+    "int8_tensorwise": ("weight_scale",),
 }
+# ComfyUI 0.33 also reads an nvfp4 layer's AWQ-style ``pre_quant_scale``.
+_LAYER_TENSORS_033 = {**_LAYER_TENSORS, "nvfp4": _LAYER_TENSORS["nvfp4"] + ("pre_quant_scale",)}
 # Key suffixes that belong to a quantization layout, never to the model itself.
 _QUANT_SUFFIXES = ("comfy_quant", "weight_scale", "weight_scale_2", "input_scale", "scale_weight",
                    "scale_input", "pre_quant_scale")
@@ -181,6 +210,10 @@ class QuantizedCheckpoint:
     layout: str  # "plain", "fp8", "scaled_fp8" or "mixed"
     # Whether ComfyUI builds the model with its mixed-precision ops (any layer has a config).
     mixed: bool = False
+    # Layers ComfyUI 0.33 computes in int8 at every call (never dequantized), keyed by layer.
+    int8: dict[str, Int8Weight] = field(default_factory=dict)
+    # nvfp4 layers' pre_quant_scale (ComfyUI 0.33 multiplies the layer's input by it), keyed by layer.
+    pre_scales: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _refuse(what: str, path: Path, layer: str, problem: str, more: int = 0) -> ModelLoadError:
@@ -251,25 +284,69 @@ def _layer_configs(state: dict[str, torch.Tensor], metadata: dict[str, str], pre
     return configs, layout
 
 
-def _check_format(configs: dict[str, dict[str, Any]], path: Path, what: str) -> None:
+def _comfy_name(comfy_version: str) -> str:
+    return {"0.18.1": "ComfyUI v0.18.1", "2025.10": "ComfyUI of October 2025"}.get(comfy_version,
+                                                                                 f"ComfyUI {comfy_version}")
+
+
+def _check_format(configs: dict[str, dict[str, Any]], path: Path, what: str, comfy_version: str) -> None:
+    new = comfy_at_least(comfy_version, "0.33")
+    known = SUPPORTED_FORMATS_033 if new else SUPPORTED_FORMATS
     unknown: dict[str, list[str]] = {}
     for layer, conf in sorted(configs.items()):
-        if conf.get("format") not in SUPPORTED_FORMATS:
+        if conf.get("format") not in known:
             unknown.setdefault(str(conf.get("format")), []).append(layer)
     if not unknown:
         return
     fmt, layers = min(unknown.items())
-    if fmt in LATER_FORMATS:
-        extra = " with ConvRot rotation" if configs[layers[0]].get("convrot") else ""
-        problem = (f"uses the quantization format '{fmt}'{extra}, which ComfyUI v0.18.1 does not support "
-                   f"(its int8 formats came in later ComfyUI versions; v0.18.1 fails to load this file too). "
-                   f"graphrun refuses it rather than load it wrong: use the bf16 or an fp8 version of the model.")
+    comfy = _comfy_name(comfy_version)
+    extra = " with ConvRot rotation" if configs[layers[0]].get("convrot") else ""
+    if fmt in LATER_FORMATS and not new:
+        problem = (f"uses the quantization format '{fmt}'{extra}, which {comfy} does not support (its int8 "
+                   f"formats came with ComfyUI 0.33; {comfy} fails to load this file too, with KeyError "
+                   f"'{fmt}'). graphrun refuses it rather than load it wrong: run with the ComfyUI 0.33 setting "
+                   f"(--comfy 0.33, the default) or use the bf16 or an fp8 version of the model.")
+    elif fmt in UNIMPLEMENTED_FORMATS_033:
+        problem = (f"uses the quantization format '{fmt}' (4-bit integer weights), which graphrun does not "
+                   f"implement (ComfyUI 0.33 runs it with comfy-kitchen's int4 kernels). graphrun refuses it "
+                   f"rather than compute it differently: use the int8_convrot, an fp8 or the bf16 version of the model.")
     elif fmt == "None":
-        problem = "has a 'comfy_quant' config without a 'format'; ComfyUI v0.18.1 cannot load it either."
+        problem = f"has a 'comfy_quant' config without a 'format'; {comfy} cannot load it either."
     else:
-        problem = (f"uses the quantization format '{fmt}', which graphrun does not know (ComfyUI v0.18.1 "
-                   f"knows {', '.join(SUPPORTED_FORMATS)}). graphrun refuses it rather than load it wrong.")
+        problem = (f"uses the quantization format '{fmt}', which graphrun does not know ({comfy} "
+                   f"knows {', '.join(known)}). graphrun refuses it rather than load it wrong.")
     raise _refuse(what, path, layers[0], problem, len(layers) - 1)
+
+
+def _int8_weight(layer: str, conf: dict[str, Any], weight: torch.Tensor, scale: torch.Tensor | None, path: Path,
+                 what: str) -> Int8Weight:
+    """An ``int8_tensorwise`` layer, checked the way ComfyUI 0.33's int8 matmul would use it."""
+    fmt = "'int8_tensorwise'"
+    if weight.dtype != torch.int8:
+        raise _refuse(what, path, layer, f"is {fmt} but its weight is {weight.dtype}, not int8. graphrun refuses "
+                      f"it rather than load it wrong.")
+    rows, cols = weight.shape
+    if scale is None:
+        raise _refuse(what, path, layer, f"is {fmt} but has no '{layer}.weight_scale'; ComfyUI 0.33 cannot load "
+                      f"it either (Missing INT8 weight scale).")
+    if not scale.is_floating_point() or scale.numel() not in (1, rows):
+        raise _refuse(what, path, layer, f"is {fmt} with a 'weight_scale' of shape {tuple(scale.shape)} and dtype "
+                      f"{scale.dtype}; ComfyUI 0.33's int8 matmul takes one floating-point scale per tensor or "
+                      f"one per output row ({rows}). graphrun refuses it rather than load it wrong.")
+    params = conf.get("params", {})
+    params = params if isinstance(params, dict) else {}
+    convrot = bool(conf.get("convrot", params.get("convrot", False)))
+    try:
+        group = int(conf.get("convrot_groupsize", params.get("convrot_groupsize", 256)))
+    except (TypeError, ValueError):
+        group = 0
+    if convrot and (group < 4 or group & (group - 1) or (group.bit_length() - 1) % 2 or cols % group):
+        raise _refuse(what, path, layer, f"is {fmt} with ConvRot groups of "
+                      f"{conf.get('convrot_groupsize', params.get('convrot_groupsize'))!r} inputs, which its "
+                      f"{cols} inputs and ConvRot's Hadamard matrices (a power of 4 in size) do not fit; ComfyUI "
+                      f"0.33 cannot run it either.")
+    return Int8Weight(layer, weight.contiguous(), scale.to(torch.float32).reshape(-1).contiguous(), convrot,
+                      group if convrot else 256)
 
 
 def _single_scale(value: torch.Tensor | None, name: str, layer: str, fmt: str, path: Path,
@@ -326,7 +403,7 @@ def _quantized_weight(layer: str, conf: dict[str, Any], tensors: dict[str, torch
 
 
 def read_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, kind: str,
-                    prefix: str = "") -> QuantizedCheckpoint:
+                    prefix: str = "", comfy_version: str = DEFAULT_COMFY_VERSION) -> QuantizedCheckpoint:
     """Split a (prefix-stripped) state dict into ordinary tensors and quantized Linear weights.
 
     ``info`` describes the file: ``.path``, ``.metadata`` (the safetensors header metadata) and
@@ -335,6 +412,8 @@ def read_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, kind: 
     marker); ``prefix`` is the key prefix that was stripped (names in ``_quantization_metadata``
     may carry it). No scale or config tensor is left in ``tensors``; every unsupported or
     inconsistent layout raises one :class:`ModelLoadError`. Plain fp8 tensors stay as they are.
+    ``comfy_version`` is the ComfyUI setting: from 0.33 on, ``int8_tensorwise`` layers load (into
+    ``int8``) and nvfp4 layers may carry a ``pre_quant_scale`` (into ``pre_scales``).
     """
     path = Path(info.path)
     if kind == "vae":
@@ -354,12 +433,24 @@ def read_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, kind: 
     configs, layout = _layer_configs(state, dict(info.metadata or {}), prefix, path, what, bool(marker_keys))
     mixed = bool(configs)
     configs = {layer: conf for layer, conf in configs.items() if f"{layer}.weight" in state}
-    _check_format(configs, path, what)
+    _check_format(configs, path, what, comfy_version)
+    tables = _LAYER_TENSORS_033 if comfy_at_least(comfy_version, "0.33") else _LAYER_TENSORS
     quantized: dict[str, QuantizedWeight] = {}
+    int8: dict[str, Int8Weight] = {}
+    pre_scales: dict[str, torch.Tensor] = {}
     for layer, conf in sorted(configs.items()):
-        allowed = ("weight",) + _LAYER_TENSORS[conf["format"]]
+        allowed = ("weight",) + tables[conf["format"]]
         own = {name: state.pop(f"{layer}.{name}") for name in allowed if f"{layer}.{name}" in state}
-        quantized[layer] = _quantized_weight(layer, conf, own, path, what)
+        if "pre_quant_scale" in own:
+            pre_scales[layer] = _pre_scale(own.pop("pre_quant_scale"), layer, own["weight"], path, what)
+        if conf["format"] == "int8_tensorwise":
+            weight = own["weight"]
+            if weight.dim() != 2:
+                raise _refuse(what, path, layer, f"is quantized ('int8_tensorwise') but its weight has shape "
+                              f"{tuple(weight.shape)}: graphrun computes int8 Linear layers only.")
+            int8[layer] = _int8_weight(layer, conf, weight, own.get("weight_scale"), path, what)
+        else:
+            quantized[layer] = _quantized_weight(layer, conf, own, path, what)
     # Weight scales first: they are what makes a file load wrong when ignored.
     leftovers = sorted((k for k in state if _layer_of(k)[1] in _QUANT_SUFFIXES or k == _MARKER),
                        key=lambda k: (_layer_of(k)[1] not in ("scale_weight", "weight_scale"), k))
@@ -382,7 +473,17 @@ def read_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, kind: 
     if odd:
         raise _refuse(what, path, _layer_of(odd[0])[0], f"is stored as {state[odd[0]].dtype}, which ComfyUI "
                       f"v0.18.1 does not load as a weight.", len(odd) - 1)
-    return QuantizedCheckpoint(state, quantized, layout, mixed)
+    return QuantizedCheckpoint(state, quantized, layout, mixed, int8, pre_scales)
+
+
+def _pre_scale(value: torch.Tensor, layer: str, weight: torch.Tensor, path: Path, what: str) -> torch.Tensor:
+    # nvfp4 packs two inputs per byte: the layer has twice the stored columns.
+    inputs = weight.shape[-1] * 2
+    if not value.is_floating_point() or value.numel() != inputs or value.shape[-1] != inputs:
+        raise _refuse(what, path, layer, f"has a 'pre_quant_scale' of shape {tuple(value.shape)} and dtype "
+                      f"{value.dtype}, but its {inputs} inputs need one floating-point factor each. graphrun "
+                      f"refuses it rather than load it wrong.")
+    return value.reshape(inputs).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,10 +499,11 @@ def _is_linear_param(key: str, tensors: dict[str, torch.Tensor], quantized: dict
     return suffix in ("weight", "bias") and weight is not None and weight.dim() == 2
 
 
-def dequantize_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, kind: str, dtype: torch.dtype, *,
-                          prefix: str = "", weight_dtype: str = "default") -> dict[str, torch.Tensor]:
-    """A quantized file's state dict as ordinary tensors (the transformer and the VAE; arguments as
-    for :func:`read_checkpoint`).
+def load_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, kind: str, dtype: torch.dtype, *,
+                    prefix: str = "", weight_dtype: str = "default",
+                    comfy_version: str = DEFAULT_COMFY_VERSION) -> tuple[dict[str, torch.Tensor], QuantizedCheckpoint]:
+    """A quantized file's state dict as ordinary tensors, and the checkpoint it was read from (the
+    transformer and the VAE; arguments as for :func:`read_checkpoint`).
 
     Quantized layers are dequantized to ``dtype`` and plain fp8 tensors cast to it (both as
     ComfyUI computes them); other tensors are returned unchanged. ``weight_dtype`` is the
@@ -409,8 +511,12 @@ def dequantize_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, 
     weights to that fp8 type, as ComfyUI does by storing the model in it (a mixed-precision file
     keeps its Linear layers, which ComfyUI keeps in the compute dtype). A VAE file may hold plain
     fp8 weights but nothing scaled: ComfyUI's VAE loader applies no scales.
+
+    The layers ComfyUI computes at every call (``checkpoint.int8``; the inputs of
+    ``checkpoint.pre_scales``) get their dequantized weight here too, only so that the model can be
+    built: the loader then installs them with :func:`install_quantized_linears`.
     """
-    checkpoint = read_checkpoint(state, info, what, kind, prefix)
+    checkpoint = read_checkpoint(state, info, what, kind, prefix, comfy_version)
     storage = WEIGHT_DTYPES.get(weight_dtype, "unknown")
     if storage == "unknown":
         raise ValueError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weight_dtype!r}")
@@ -418,19 +524,36 @@ def dequantize_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, 
     out: dict[str, torch.Tensor] = {}
     for key, value in checkpoint.tensors.items():
         if storage is not None and value.is_floating_point() and not (
-                mixed and _is_linear_param(key, checkpoint.tensors, checkpoint.quantized)):
+                mixed and _is_linear_param(key, checkpoint.tensors, {**checkpoint.quantized, **checkpoint.int8})):
             value = value.to(storage)
         out[key] = value.to(dtype) if value.dtype in _PLAIN_FP8 else value
     for layer, weight in checkpoint.quantized.items():
         out[f"{layer}.weight"] = weight.dequantize(dtype)
+    for layer, weight in checkpoint.int8.items():
+        out[f"{layer}.weight"] = weight.dequantize(dtype)
+    return out, checkpoint
+
+
+def dequantize_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, kind: str, dtype: torch.dtype, *,
+                          prefix: str = "", weight_dtype: str = "default",
+                          comfy_version: str = DEFAULT_COMFY_VERSION) -> dict[str, torch.Tensor]:
+    """:func:`load_checkpoint` for a model without compute-time quantized layers (the VAE, whose
+    quantized files are refused); such layers would be wrong as plain weights, so they raise."""
+    out, checkpoint = load_checkpoint(state, info, what, kind, dtype, prefix=prefix, weight_dtype=weight_dtype,
+                                      comfy_version=comfy_version)
+    live = sorted(checkpoint.int8) + sorted(checkpoint.pre_scales)
+    if live:
+        raise _refuse(what, Path(info.path), live[0], "is computed in int8 or with a pre_quant_scale by ComfyUI; this "
+                      "model's loader cannot hold such layers. graphrun refuses it rather than load it wrong.",
+                      len(live) - 1)
     return out
 
 
 def split_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, dtype: torch.dtype, *,
-                     prefix: str = "") -> QuantizedCheckpoint:
+                     prefix: str = "", comfy_version: str = DEFAULT_COMFY_VERSION) -> QuantizedCheckpoint:
     """:func:`read_checkpoint` for the text encoder, with plain fp8 tensors cast to ``dtype``
     (exact); the quantized weights stay quantized for :func:`install_quantized_linears`."""
-    checkpoint = read_checkpoint(state, info, what, "text_encoder", prefix)
+    checkpoint = read_checkpoint(state, info, what, "text_encoder", prefix, comfy_version)
     checkpoint.tensors = {k: (v.to(dtype) if v.dtype in _PLAIN_FP8 else v) for k, v in checkpoint.tensors.items()}
     return checkpoint
 
@@ -472,6 +595,10 @@ class QuantizedLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.dequantized_weight(x.dtype)
+        if self.format.startswith("float8"):
+            # ComfyUI multiplies by the dequantized fp8 weight laid out transposed (x @ W^T with W^T
+            # contiguous); F.linear on a contiguous W takes another matmul kernel and differs in the last bit.
+            weight = weight.t().contiguous().t()
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return torch.nn.functional.linear(x, weight, bias)
 
@@ -479,26 +606,69 @@ class QuantizedLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}"
 
 
+#: Where a file's layer lives in the model: ``targets(layer, rows)`` gives (module name, first output
+#: row, end row) per part; with ``rows=None`` only the names matter.
+Targets = Callable[[str, "int | None"], list[tuple[str, int, int]]]
+
+
+def _same_name(layer: str, rows: int | None) -> list[tuple[str, int, int]]:
+    return [(layer, 0, rows or 0)]
+
+
 def install_quantized_linears(model: torch.nn.Module, quantized: dict[str, QuantizedWeight], path: str | Path,
-                              what: str) -> None:
-    """Replace the Linear layers named in ``quantized`` by :class:`QuantizedLinear` (before the
-    ordinary weights load; a bias, if any, still loads from the state dict)."""
-    for layer, weight in quantized.items():
-        try:
-            module = model.get_submodule(layer)
-        except AttributeError:
-            module = None
-        if not isinstance(module, torch.nn.Linear):
-            kind = "no layer" if module is None else f"a {type(module).__name__}"
-            raise _refuse(what, Path(path), layer, f"is quantized ('{weight.format}') but is {kind} in the model; "
-                          f"ComfyUI v0.18.1 dequantizes Linear layers only. graphrun refuses it rather than load "
-                          f"it wrong.")
-        if (module.out_features, module.in_features) != weight.shape:
-            raise _refuse(what, Path(path), layer, f"has a quantized weight of shape {weight.shape}, but the model "
-                          f"expects {(module.out_features, module.in_features)}.")
-        parent_name, _, child = layer.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuantizedLinear(weight, module.bias))
+                              what: str, *, int8: dict[str, Int8Weight] | None = None,
+                              pre_scales: dict[str, torch.Tensor] | None = None, targets: Targets = None) -> None:
+    """Install the quantized layers in ``model``: ``quantized`` as :class:`QuantizedLinear`
+    (dequantized at each call; the text encoder), ``int8`` as :class:`Int8Linear` (ComfyUI 0.33's int8
+    matmul at each call), and each ``pre_scales`` entry as a multiplication of that layer's input.
+
+    Call it with the model's Linear layers in place (before the ordinary weights load, or after: a
+    bias, if any, stays the module's own). ``targets(layer, rows)`` maps a file's layer to the
+    model's modules and their output rows (a fused ``qkv`` split into ``to_q``/``to_k``/``to_v``);
+    by default the names are the same.
+    """
+    where = targets or _same_name
+    path = Path(path)
+    layers = [(layer, w, w.shape[0]) for layer, w in quantized.items()]
+    layers += [(layer, w, w.shape[0]) for layer, w in (int8 or {}).items()]
+    for layer, weight, rows in layers:
+        for name, start, stop in where(layer, rows):
+            module = _linear_at(model, name, layer, path, what, getattr(weight, "format", "int8_tensorwise"))
+            if isinstance(weight, Int8Weight):
+                part = weight.rows(start, stop) if (start, stop) != (0, rows) else weight
+                replacement: torch.nn.Module = Int8Linear(part, module.bias)
+            else:
+                if (start, stop) != (0, rows):
+                    raise _refuse(what, path, layer, f"is quantized ('{weight.format}') and split across several "
+                                  f"layers of the model, which graphrun does not do for this format.")
+                replacement = QuantizedLinear(weight, module.bias)
+            if (module.out_features, module.in_features) != (stop - start, weight.shape[1]):
+                raise _refuse(what, path, layer, f"has a quantized weight of shape {(stop - start, weight.shape[1])}, "
+                              f"but the model expects {(module.out_features, module.in_features)}.")
+            _replace(model, name, replacement)
+    for layer, scale in (pre_scales or {}).items():
+        for name, _start, _stop in where(layer, None):
+            module = model.get_submodule(name)
+            add_pre_scale(module, scale)
+
+
+def _linear_at(model: torch.nn.Module, name: str, layer: str, path: Path, what: str, fmt: str) -> torch.nn.Linear:
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        module = None
+    if not isinstance(module, torch.nn.Linear):
+        kind = "no layer" if module is None else f"a {type(module).__name__}"
+        raise _refuse(what, path, layer, f"is quantized ('{fmt}') but is {kind} in the model; "
+                      f"ComfyUI dequantizes Linear layers only. graphrun refuses it rather than load "
+                      f"it wrong.")
+    return module
+
+
+def _replace(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
 
 
 def logical_shapes(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str]) -> dict[str, tuple[int, ...]]:

@@ -1,5 +1,6 @@
-"""`embedding:NAME` words and prompt escapes, as ComfyUI v0.18.1's tokenizer handles them for Z-Image
-(comfy/sd1_clip.py tokenize_with_weights / load_embed, SDClipModel.process_tokens)."""
+"""`embedding:NAME` words and prompt escapes, as ComfyUI's tokenizer handles them for Z-Image
+(comfy/sd1_clip.py tokenize_with_weights / _try_get_embedding / load_embed, SDClipModel.process_tokens):
+ComfyUI 0.33 by default, v0.18.1 where its word rules differ (commit 6c62ca0b)."""
 from __future__ import annotations
 
 import warnings
@@ -12,7 +13,7 @@ from safetensors.torch import save_file
 import graphrun
 from graphrun.engine.context import RunOptions
 from graphrun.engine.executor import NodeFailed, Runner
-from graphrun.nodes.zimage import loading, text
+from graphrun.nodes.zimage import loading, qwen3_forward, text
 
 torch.set_num_threads(1)
 
@@ -29,9 +30,10 @@ def _ids(parts, piece: str) -> list[int]:
 
 
 def _encode_ids(parts, ids: list[int]) -> torch.Tensor:
+    """The conditioning of these token ids, computed as encode_prompt computes it (ComfyUI's op order)."""
     with torch.no_grad():
-        out = parts.text_encoder(input_ids=torch.tensor([ids]), output_hidden_states=True, use_cache=False)
-    return out.hidden_states[-2].float()
+        embeds = parts.text_encoder.get_input_embeddings()(torch.tensor([ids])).float()
+        return qwen3_forward.hidden_state(parts.text_encoder, embeds)
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
@@ -43,18 +45,20 @@ def _save(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
 # --- where the vectors go --------------------------------------------------------------------------
 
 
-def test_embedding_vectors_stand_where_the_word_stood(parts, tmp_path):
+@pytest.mark.parametrize(("comfy", "before"), [("0.33", "a "), ("0.18.1", "a")])
+def test_embedding_vectors_stand_where_the_word_stood(parts, tmp_path, comfy, before):
     """An embedding made of the token vectors of "xy" encodes exactly like those tokens at the word's place.
-    ComfyUI cuts the text before " embedding:" (dropping the space) and tokenizes the pieces apart; the
-    rest after the name is re-joined with single spaces (here the template's newline becomes a space)."""
+    ComfyUI cuts the text before "embedding:" and tokenizes the pieces apart (0.33 keeps the space before
+    it with the text before, v0.18.1 dropped it); the rest after the name is re-joined with single spaces
+    (here the template's newline becomes a space)."""
     table = parts.text_encoder.get_input_embeddings().weight
     _save(tmp_path / "foo.safetensors", {"emb_params": table[_ids(parts, "xy")].detach().clone()})
     prompt = "a embedding:foo cat"
-    items = text.tokenize_prompt(parts.tokenizer, prompt, [tmp_path], HIDDEN)
-    prefix, rest = _ids(parts, "<|im_start|>user\na"), _ids(parts, "cat<|im_end|> <|im_start|>assistant")
+    items = text.tokenize_prompt(parts.tokenizer, prompt, [tmp_path], HIDDEN, comfy)
+    prefix, rest = _ids(parts, "<|im_start|>user\n" + before), _ids(parts, "cat<|im_end|> <|im_start|>assistant")
     assert [i for i in items if isinstance(i, int)] == prefix + rest
     assert [k for k, i in enumerate(items) if isinstance(i, torch.Tensor)] == [len(prefix), len(prefix) + 1]
-    cond = text.encode_prompt(parts, prompt, [tmp_path])
+    cond = text.encode_prompt(parts, prompt, [tmp_path], comfy)
     assert torch.equal(cond, _encode_ids(parts, prefix + _ids(parts, "xy") + rest))
 
 
@@ -64,7 +68,7 @@ def test_random_embedding_changes_only_positions_from_the_word_on(parts, tmp_pat
     with pytest.warns(text.EmbeddingWarning):
         missing = text.encode_prompt(parts, "a embedding:nothing cat", [tmp_path])
     cond = text.encode_prompt(parts, "a embedding:style cat", [tmp_path])
-    start = len(_ids(parts, "<|im_start|>user\na"))
+    start = len(_ids(parts, "<|im_start|>user\na "))
     assert cond.shape[1] == missing.shape[1] + 3
     assert torch.equal(cond[:, :start], missing[:, :start])  # causal: the prefix is untouched
     assert (cond[:, start] - missing[:, start]).abs().max() > 1e-3
@@ -73,17 +77,34 @@ def test_random_embedding_changes_only_positions_from_the_word_on(parts, tmp_pat
 def test_missing_embedding_is_dropped_with_a_warning(parts):
     with pytest.warns(text.EmbeddingWarning, match=r"embedding 'nothere' not found .*dropped from the prompt"):
         cond = text.encode_prompt(parts, "a embedding:nothere cat", [])
-    expected = _ids(parts, "<|im_start|>user\na") + _ids(parts, "cat<|im_end|> <|im_start|>assistant")
+    expected = _ids(parts, "<|im_start|>user\na ") + _ids(parts, "cat<|im_end|> <|im_start|>assistant")
     assert torch.equal(cond, _encode_ids(parts, expected))
 
 
-def test_embedding_at_the_prompt_end_swallows_the_template_as_in_comfyui(parts, tmp_path):
-    """ComfyUI reads the name up to the next whitespace, so at the very end it is `foo<|im_end|>`: not
-    found, dropped, and only `<|im_start|>assistant` of the template's tail is tokenized."""
+def test_embedding_at_the_prompt_end_swallows_the_template_in_comfyui_0181(parts, tmp_path):
+    """ComfyUI v0.18.1 reads the name up to the next whitespace, so at the very end it is `foo<|im_end|>`:
+    not found, dropped, and only `<|im_start|>assistant` of the template's tail is tokenized."""
     _save(tmp_path / "foo.safetensors", {"emb": torch.ones(1, HIDDEN)})
     with pytest.warns(text.EmbeddingWarning, match=r"'foo<\|im_end\|>' not found.*put a space or a word after it"):
-        items = text.tokenize_prompt(parts.tokenizer, "a embedding:foo", [tmp_path], HIDDEN)
+        items = text.tokenize_prompt(parts.tokenizer, "a embedding:foo", [tmp_path], HIDDEN, "0.18.1")
     assert items == _ids(parts, "<|im_start|>user\na") + _ids(parts, "<|im_start|>assistant")
+
+
+def test_embedding_names_end_at_a_bracket_in_comfyui_033(parts, tmp_path):
+    """ComfyUI 0.33 ends the name at the first `<` or `[`: at the very end of a prompt `foo` is found and the
+    template's `<|im_end|>` goes back to the text; `embedding:foo[x]` is `foo` followed by `[x]`."""
+    _save(tmp_path / "foo.safetensors", {"emb": torch.ones(1, HIDDEN)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", text.EmbeddingWarning)
+        items = text.tokenize_prompt(parts.tokenizer, "a embedding:foo", [tmp_path], HIDDEN)
+        assert items[:-len(_ids(parts, "<|im_end|> <|im_start|>assistant"))] == (
+            _ids(parts, "<|im_start|>user\na ") + [items[len(_ids(parts, "<|im_start|>user\na "))]])
+        assert torch.equal(items[len(_ids(parts, "<|im_start|>user\na "))], torch.ones(HIDDEN))
+        assert items[-len(_ids(parts, "<|im_end|> <|im_start|>assistant")):] == _ids(
+            parts, "<|im_end|> <|im_start|>assistant")
+        bracket = text.tokenize_prompt(parts.tokenizer, "a embedding:foo[x] b", [tmp_path], HIDDEN)
+    assert [i for i in bracket if isinstance(i, int)] == _ids(parts, "<|im_start|>user\na ") + _ids(
+        parts, "[x] b<|im_end|> <|im_start|>assistant")
 
 
 def test_trailing_comma_subfolders_and_names_with_paths(parts, tmp_path):
@@ -111,16 +132,27 @@ def test_bad_embedding_files_are_clear_errors(parts, tmp_path):
         text.encode_prompt(parts, "a embedding:old b", [tmp_path])
 
 
-def test_embedding_words_need_a_space_or_newline_before_them(parts):
-    """Only " embedding:" and "\nembedding:" start an embedding word; elsewhere the text is plain and the
-    whole templated prompt is tokenized in one piece."""
+@pytest.mark.parametrize("comfy", ["0.33", "0.18.1"])
+def test_embedding_words_need_whitespace_before_them(parts, comfy):
+    """Only "embedding:" after whitespace starts an embedding word (v0.18.1: after a space or a newline
+    only); elsewhere the text is plain and the whole templated prompt is tokenized in one piece."""
     for plain in ("no embeddings here (really)", "word-embedding:foo", "(embedding:foo)", "embedding-free: x"):
         with warnings.catch_warnings():
             warnings.simplefilter("error", text.EmbeddingWarning)
-            assert text.tokenize_prompt(parts.tokenizer, plain) == _ids(parts, text.format_prompt(plain)), plain
+            assert text.tokenize_prompt(parts.tokenizer, plain, comfy_version=comfy) == _ids(
+                parts, text.format_prompt(plain)), plain
     with pytest.warns(text.EmbeddingWarning, match="'foo'"):  # a prompt's first word follows the template's newline
-        items = text.tokenize_prompt(parts.tokenizer, "embedding:foo x", [])
-    assert items == _ids(parts, "<|im_start|>user") + _ids(parts, "x<|im_end|> <|im_start|>assistant")
+        items = text.tokenize_prompt(parts.tokenizer, "embedding:foo x", [], comfy_version=comfy)
+    start = "<|im_start|>user\n" if comfy == "0.33" else "<|im_start|>user"
+    assert items == _ids(parts, start) + _ids(parts, "x<|im_end|> <|im_start|>assistant")
+    tab = "a\tembedding:foo x"
+    if comfy == "0.33":
+        with pytest.warns(text.EmbeddingWarning, match="'foo'"):
+            text.tokenize_prompt(parts.tokenizer, tab, [], comfy_version=comfy)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", text.EmbeddingWarning)
+            assert text.tokenize_prompt(parts.tokenizer, tab, comfy_version=comfy) == _ids(parts, text.format_prompt(tab))
 
 
 # --- escapes ---------------------------------------------------------------------------------------

@@ -247,13 +247,15 @@ def test_nested_blocks(transformer, lora_files, base_state, monkeypatch):
 # --- errors and warnings -----------------------------------------------------------------------
 
 
-def test_unmatched_lora_is_an_error(transformer, lora_files, base_state):
-    lora = load_lora(lora_files["unmatched"])
+@pytest.mark.parametrize("comfy, name", [(None, "ComfyUI 0.33"), ("0.18.1", "ComfyUI v0.18.1")])
+def test_unmatched_lora_is_an_error(transformer, lora_files, base_state, comfy, name):
+    """The message names the ComfyUI version followed (the default, 0.33, or the one chosen)."""
+    lora = load_lora(lora_files["unmatched"], comfy_version=comfy)
     with pytest.raises(LoraError) as err:
         check_lora(lora, [transformer])
     message = str(err.value)
     assert "tiny_lora_unmatched.safetensors" in message and "matched none" in message
-    assert "ComfyUI v0.18.1 would ignore every key of it too" in message
+    assert f"{name} would ignore every key of it too" in message
     assert "lora_te1_text_model_encoder_layers_0" in message and "Accepted layouts" in message
     with patched(transformer, [(lora, 1.0)]):  # nothing applies: the weights stay as they are
         _assert_state_equal(transformer, base_state)
@@ -262,7 +264,7 @@ def test_unmatched_lora_is_an_error(transformer, lora_files, base_state):
 
 def test_partial_match_warns_once_with_keys(transformer, lora_files):
     lora = load_lora(lora_files["partial"])
-    with pytest.warns(LoraWarning, match=r"tiny_lora_partial\.safetensors.*ComfyUI v0\.18\.1 ignores them too.*"
+    with pytest.warns(LoraWarning, match=r"tiny_lora_partial\.safetensors.*ComfyUI 0\.33 ignores them too.*"
                                          r"layers\.40\.attention\.to_q") as record:
         (match,) = check_lora(lora, [transformer])
     assert len(record) == 1 and "more)" in str(record[0].message)
@@ -326,15 +328,17 @@ def test_corrupt_and_odd_files_give_clear_errors(transformer, lora_files, tmp_pa
 
     not_lora = tmp_path / "checkpoint.safetensors"
     save_file({"layers.0.attention.to_q.weight": torch.zeros(4, 4)}, str(not_lora))
-    with pytest.raises(LoraError, match="no LoRA weights.*ComfyUI v0.18.1 would ignore.*Accepted layouts"):
+    with pytest.raises(LoraError, match="no LoRA weights.*ComfyUI 0.33 would ignore.*Accepted layouts"):
         load_lora(not_lora)
+    with pytest.raises(LoraError, match="no LoRA weights.*ComfyUI v0.18.1 would ignore.*Accepted layouts"):
+        load_lora(not_lora, comfy_version="0.18.1")
     half = tmp_path / "half.safetensors"  # an up matrix without its down one (ComfyUI fails on it too)
     save_file({"transformer.layers.0.attention.to_q.lora_B.weight": torch.zeros(64, 4)}, str(half))
     with pytest.raises(LoraError, match="incomplete.*fails on it too"):
         match_lora(transformer, load_lora(half))
     down_only = tmp_path / "down_only.safetensors"  # ComfyUI reads a pair from its up matrix: ignored
     save_file({"transformer.layers.0.attention.to_q.lora_A.weight": torch.zeros(4, 64)}, str(down_only))
-    with pytest.raises(LoraError, match="matched none.*ComfyUI v0.18.1 would ignore"):
+    with pytest.raises(LoraError, match="matched none.*ComfyUI 0.33 would ignore"):
         check_lora(load_lora(down_only), [transformer])
     rows = transformer.layers[0].feed_forward.w1.weight.shape[0]
     for suffix, what in ((".dora_scale", "DoRA"), (".lora_mid.weight", "LoCon")):
@@ -342,7 +346,7 @@ def test_corrupt_and_odd_files_give_clear_errors(transformer, lora_files, tmp_pa
         save_file({"diffusion_model.layers.0.feed_forward.w1.lora_down.weight": torch.zeros(4, 64),
                    "diffusion_model.layers.0.feed_forward.w1.lora_up.weight": torch.zeros(rows, 4),
                    f"diffusion_model.layers.0.feed_forward.w1{suffix}": torch.ones(rows, 1)}, str(refused))
-        with pytest.raises(LoraError, match=f"{what}.*ComfyUI v0.18.1 applies it, graphrun does not"):
+        with pytest.raises(LoraError, match=f"{what}.*ComfyUI 0.33 applies it, graphrun does not"):
             match_lora(transformer, load_lora(refused))
     loha = tmp_path / "loha.safetensors"
     save_file({f"diffusion_model.layers.0.feed_forward.w1.hada_{p}": torch.zeros(4, 4)
@@ -355,8 +359,8 @@ def test_corrupt_and_odd_files_give_clear_errors(transformer, lora_files, tmp_pa
 
 
 def test_lora_compute_dtype_follows_comfyui():
-    """float32 on the CPU and for float32 models (ComfyUI --cpu / --force-fp32); on GPUs ComfyUI v0.18.1
-    patches in float16, which is decided per device (not testable without one)."""
+    """float32 on the CPU and for float32 models (ComfyUI --cpu / --force-fp32); on GPUs ComfyUI (v0.18.1
+    and 0.33) patches in float16, which is decided per device (not testable without one)."""
     assert lora_module.lora_compute_dtype(torch.zeros(1, dtype=torch.bfloat16)) == torch.float32
     assert lora_module.lora_compute_dtype(torch.zeros(1), "cuda") == torch.float32  # a float32 model
 

@@ -1,9 +1,12 @@
-"""LoRA keys exactly as ComfyUI v0.18.1 reads them for Z-Image, and LoRA on the Qwen3 text encoder.
+"""LoRA keys exactly as ComfyUI reads them for Z-Image, and LoRA on the Qwen3 text encoder.
 
 ComfyUI's rules (comfy/lora.py model_lora_keys_unet / model_lora_keys_clip, comfy/utils.py
 z_image_to_diffusers) are restated in graphrun.nodes.lora; these tests pin the consequences: which
 spellings apply, that the ignored ones change nothing (with one warning), that every applied layout
 gives the same picture, and that `strength_clip` patches the encoder with W + s·(α/r)·up@down.
+The transformer's table is the same in ComfyUI v0.18.1 and 0.33 (the default); tests of the text
+encoder that rely on v0.18.1 ignoring kohya `lora_te_*` keys run with `comfy: 0.18.1` (0.33's kohya
+keys: tests/test_lora_te_keys.py).
 """
 from __future__ import annotations
 
@@ -49,8 +52,10 @@ def _path(lora_dir: Path, layout: str) -> str:
     return str(lora_dir / f"tiny_lora_{layout}.safetensors")
 
 
-def _graph(lora: str, strength_model: float = 1.0, strength_clip: float | None = None, prompt: str = PROMPT) -> dict:
-    """64x64, one step; LoadLora on the model, and on the clip when strength_clip is given."""
+def _graph(lora: str, strength_model: float = 1.0, strength_clip: float | None = None, prompt: str = PROMPT,
+           comfy: str | None = None) -> dict:
+    """64x64, one step; LoadLora on the model, and on the clip when strength_clip is given; `comfy`: the
+    ComfyUI version followed (None: the default)."""
     lora_node = {"type": "LoadLora", "model": "zimage.model", "name": lora, "strength_model": strength_model}
     clip = "zimage.clip"
     if strength_clip is not None:
@@ -58,6 +63,7 @@ def _graph(lora: str, strength_model: float = 1.0, strength_clip: float | None =
         clip = "lora.clip"
     return {
         "graph": "lora_keys",
+        **({"comfy": comfy} if comfy else {}),
         "nodes": {
             "zimage": {"type": "LoadZImage", "path": "tiny"},
             "lora": lora_node,
@@ -124,15 +130,21 @@ def test_prefix_table_is_comfyuis(parts):
 
 
 def test_text_encoder_table_is_comfyuis(parts):
-    """model_lora_keys_clip for Z-Image's Qwen3: `text_encoders.<state dict key>` and the same without the
-    `qwen3_4b.` wrapper; no kohya `lora_te_*` keys (added to ComfyUI after v0.18.1)."""
-    table = key_map(parts.text_encoder).prefixes
+    """model_lora_keys_clip for Z-Image's Qwen3 in v0.18.1: `text_encoders.<state dict key>` and the same
+    without the `qwen3_4b.` wrapper; no kohya `lora_te_*` keys (0.33 adds them: test_lora_te_keys.py)."""
+    table = key_map(parts.text_encoder, "0.18.1").prefixes
     te_weights = [n for n, _ in parts.text_encoder.named_parameters()]
     assert len(table) == 2 * len(te_weights)
     for name in ("layers.0.self_attn.q_proj", "layers.1.mlp.down_proj", "embed_tokens", "norm"):
         assert f"text_encoders.transformer.model.{name}" in table
         assert f"text_encoders.qwen3_4b.transformer.model.{name}" in table
     assert not any(p.startswith(("lora_te", "text_encoders.model.", "text_encoder.")) for p in table)
+    assert key_map(parts.text_encoder, "2025.10").prefixes == table
+
+
+def test_transformer_table_is_the_same_in_0_33(parts):
+    """ComfyUI 0.33 changed model_lora_keys_unet only for other families (Krea2, ErnieImage, LTXV)."""
+    assert key_map(parts.transformer, "0.33") is key_map(parts.transformer, "0.18.1")
 
 
 # --- keys ComfyUI ignores ------------------------------------------------------------------------
@@ -150,10 +162,10 @@ def test_keys_comfyui_ignores_are_ignored_with_one_warning(parts, lora_dir, layo
     linear = [n for n, m in parts.transformer.named_modules() if isinstance(m, torch.nn.Linear)]
     expected = [] if layout in ("peft_base_model", "model_diffusion_model") else [n for n in linear if _comfy_applies(n)]
     if not expected:
-        with pytest.raises(LoraError, match="matched none.*ComfyUI v0.18.1 would ignore every key of it too"):
+        with pytest.raises(LoraError, match="matched none.*ComfyUI 0.33 would ignore every key of it too"):
             check_lora(lora, [parts.transformer])
         return
-    with pytest.warns(LoraWarning, match="keys are not applied, and ComfyUI v0.18.1 ignores them too") as record:
+    with pytest.warns(LoraWarning, match="keys are not applied, and ComfyUI 0.33 ignores them too") as record:
         (match,) = check_lora(lora, [parts.transformer])
     assert len(record) == 1
     assert sorted(match.params) == sorted(f"{n}.weight" for n in expected)
@@ -171,10 +183,12 @@ def test_keys_comfyui_ignores_are_ignored_with_one_warning(parts, lora_dir, layo
 
 
 def test_bare_native_qkv_lora_matches_nothing_as_in_comfyui(lora_dir, tmp_path):
-    """The tiny `comfy_native_qkv` file (bare `layers.0.attention.qkv.lora_A.weight`): ComfyUI v0.18.1
-    logs 'lora key not loaded' for every key and renders the plain image; graphrun refuses the file."""
-    with pytest.raises(NodeFailed, match="matched none.*ComfyUI v0.18.1 would ignore every key of it too"):
+    """The tiny `comfy_native_qkv` file (bare `layers.0.attention.qkv.lora_A.weight`): ComfyUI (v0.18.1 and
+    0.33) logs 'lora key not loaded' for every key and renders the plain image; graphrun refuses the file."""
+    with pytest.raises(NodeFailed, match="matched none.*ComfyUI 0.33 would ignore every key of it too"):
         _run(_graph(_path(lora_dir, "comfy_native_qkv")), tmp_path)
+    with pytest.raises(NodeFailed, match="matched none.*ComfyUI v0.18.1 would ignore every key of it too"):
+        _run(_graph(_path(lora_dir, "comfy_native_qkv"), comfy="0.18.1"), tmp_path)
 
 
 def test_bare_native_keys_leave_the_image_unchanged(lora_dir, base, tmp_path):
@@ -186,7 +200,7 @@ def test_bare_native_keys_leave_the_image_unchanged(lora_dir, base, tmp_path):
     path = tmp_path / "bare_plus_zero.safetensors"
     save_file(tensors, str(path))
     with pytest.warns(UserWarning, match=r"node 'lora' \(LoadLora\): LoRA 'bare_plus_zero.safetensors': 8 of 10 keys "
-                                         r"are not applied, and ComfyUI v0.18.1 ignores them too.*layers\.0\.attention\.qkv"):
+                                         r"are not applied, and ComfyUI 0.33 ignores them too.*layers\.0\.attention\.qkv"):
         image, _ = _run(_graph(str(path)), tmp_path)
     assert np.array_equal(image, base[0])
 
@@ -240,7 +254,8 @@ def test_last_listed_prefix_wins_for_one_weight(parts, lora_dir, tmp_path):
 
 def _te_lora(parts, path: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, float | None]]:
     """A text-encoder LoRA over every Linear of the Qwen3 encoder, alternating ComfyUI's two prefixes
-    and lora_A/B vs lora_down/up (+alpha) spellings; plus kohya `lora_te_*` keys ComfyUI v0.18.1 ignores.
+    and lora_A/B vs lora_down/up (+alpha) spellings; plus kohya `lora_te_*` keys ComfyUI v0.18.1 ignores
+    (with a shape that does not fit: ComfyUI 0.33 would try to apply them, graphrun refuses them there).
     Returns {parameter: (down, up, alpha)}."""
     gen = torch.Generator().manual_seed(5)
     tensors: dict[str, torch.Tensor] = {}
@@ -277,6 +292,7 @@ def _formula_encoder(parts, pairs, strength: float) -> torch.nn.Module:
 
 
 def test_strength_clip_patches_the_text_encoder_exactly(parts, base, tmp_path):
+    """v0.18.1 (the kohya key is ignored there); 0.33's arithmetic is the same (test_lora_te_keys.py)."""
     path = tmp_path / "te_lora.safetensors"
     pairs = _te_lora(parts, path)
     original = {k: v.clone() for k, v in parts.text_encoder.state_dict().items()}
@@ -285,13 +301,13 @@ def test_strength_clip_patches_the_text_encoder_exactly(parts, base, tmp_path):
     for strength in (0.7, -1.5):
         with pytest.warns(UserWarning, match=r"2 of \d+ keys are not applied, and ComfyUI v0.18.1 ignores them too.*: "
                                              r"lora_te_layers_0.*kohya `lora_te\*` keys are not read"):
-            _, conds[strength] = _run(_graph(str(path), 1.0, strength), tmp_path, runner)
+            _, conds[strength] = _run(_graph(str(path), 1.0, strength, comfy="0.18.1"), tmp_path, runner)
         expected = text.encode_prompt((_formula_encoder(parts, pairs, strength), parts.tokenizer), PROMPT)
         assert torch.equal(conds[strength], expected), strength
     assert not torch.equal(conds[0.7], conds[-1.5])  # another strength re-encoded (not served from cache)
     assert (conds[0.7] - base[1]).abs().max() > 1e-2
     with pytest.warns(UserWarning, match="lora_te_layers_0"):
-        _, zero = _run(_graph(str(path), 1.0, 0.0), tmp_path, runner)
+        _, zero = _run(_graph(str(path), 1.0, 0.0, comfy="0.18.1"), tmp_path, runner)
     assert torch.equal(zero, base[1])  # strength_clip 0 is no LoRA on the encoder
     for key, value in parts.text_encoder.state_dict().items():  # the shared encoder is left as it was
         assert torch.equal(value, original[key]), key
@@ -308,29 +324,34 @@ def test_text_encoder_keys_need_a_clip(parts, base, tmp_path):
     assert np.array_equal(image, base[0]) and torch.equal(cond, base[1])
 
 
-def test_kohya_text_encoder_only_lora_is_a_no_op_as_in_comfyui(parts, base, tmp_path):
-    """Only kohya `lora_te_*` keys: ComfyUI v0.18.1 does not read them for Qwen3 and runs the workflow
-    unchanged, so graphrun warns (naming them) and gives the no-LoRA image and conditioning."""
-    from safetensors.torch import save_file
-
+@pytest.mark.parametrize("comfy, note", [
+    ("0.18.1", "kohya `lora_te\\*` keys are not read for Z-Image's Qwen3 encoder by ComfyUI v0.18.1"),
+    (None, "ComfyUI 0.33 reads kohya keys only as `lora_te_<module>`.*`lora_te_model_\\*`"),
+])
+def test_kohya_text_encoder_only_lora_is_a_no_op_as_in_comfyui(parts, base, tmp_path, comfy, note):
+    """Only kohya `lora_te_model_*` keys (the module path with transformers' `model.` wrapper): neither
+    ComfyUI v0.18.1 nor 0.33 reads them for Qwen3 (0.33 names the weights below `...transformer.model.`,
+    see tests/data/comfy/v0.33/te_lora), and the workflow runs unchanged, so graphrun warns (naming them)
+    and gives the no-LoRA image and conditioning."""
     path = tmp_path / "kohya_te.safetensors"
     save_file({"lora_te_model_layers_0_self_attn_q_proj.lora_down.weight": torch.ones(2, 32),
                "lora_te_model_layers_0_self_attn_q_proj.lora_up.weight": torch.ones(32, 2),
                "lora_te_model_layers_0_self_attn_q_proj.alpha": torch.tensor(2.0)}, str(path))
-    with pytest.warns(UserWarning, match="lora_te_model_layers_0_self_attn_q_proj.*kohya `lora_te\\*` keys are not read"):
-        image, cond = _run(_graph(str(path), 1.0, 1.0), tmp_path)
+    with pytest.warns(UserWarning, match=f"lora_te_model_layers_0_self_attn_q_proj.*{note}"):
+        image, cond = _run(_graph(str(path), 1.0, 1.0, comfy=comfy), tmp_path)
     assert np.array_equal(image, base[0]) and torch.equal(cond, base[1])
 
 
 def test_model_and_text_encoder_patches_together(parts, lora_dir, peft_image, tmp_path):
-    """One file with transformer and text-encoder keys: both apply, each at its own strength."""
+    """One file with transformer and text-encoder keys: both apply, each at its own strength (v0.18.1,
+    which ignores the file's mis-shaped kohya key)."""
     te_path = tmp_path / "te.safetensors"
     pairs = _te_lora(parts, te_path)
     both = tmp_path / "both.safetensors"
     save_file({**load_file(_path(lora_dir, "peft")), **load_file(str(te_path))}, str(both))
     with pytest.warns(UserWarning, match="lora_te_layers_0"):
-        _, cond = _run(_graph(str(both), 1.0, 0.25), tmp_path)
+        _, cond = _run(_graph(str(both), 1.0, 0.25, comfy="0.18.1"), tmp_path)
     assert torch.equal(cond, text.encode_prompt((_formula_encoder(parts, pairs, 0.25), parts.tokenizer), PROMPT))
     with pytest.warns(UserWarning, match="lora_te_layers_0"):
-        image, _ = _run(_graph(str(both), 1.0, 0.0), tmp_path)
+        image, _ = _run(_graph(str(both), 1.0, 0.0, comfy="0.18.1"), tmp_path)
     assert np.array_equal(image, peft_image)  # strength_clip 0: the model part alone

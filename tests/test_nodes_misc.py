@@ -80,7 +80,11 @@ def test_tiny_models_dir_serves_every_file_the_official_templates_name():
     assert wanted >= {"z_image_turbo_bf16.safetensors", "RealESRGAN_x4plus.safetensors"}
     folders = {"z_image_turbo_bf16.safetensors": "diffusion_models", "z_image_bf16.safetensors": "diffusion_models",
                "qwen_3_4b.safetensors": "text_encoders", "ae.safetensors": "vae",
-               "RealESRGAN_x4plus.safetensors": "upscale_models"}
+               "RealESRGAN_x4plus.safetensors": "upscale_models",
+               # the int8 templates' files (ComfyUI 0.33): int8 transformers, fp8-mixed text encoder
+               "z_image_int8_convrot.safetensors": "diffusion_models",
+               "z_image_turbo_int8_convrot.safetensors": "diffusion_models",
+               "qwen_3_4b_fp8_mixed.safetensors": "text_encoders"}
     assert wanted <= set(folders), wanted - set(folders)
     for name in wanted:
         assert resolve_model_file(name, folders[name], ["tiny"]).is_file()

@@ -5,7 +5,10 @@
 
 The weights are a pure function of the tensor names, so every run (on any machine) writes the same
 files. The ComfyUI files use the official names (z_image_turbo_bf16.safetensors, qwen_3_4b.safetensors,
-ae.safetensors) in the released key layouts, float32.
+ae.safetensors) in the released key layouts, float32; --comfy also writes their quantized copies in
+ComfyUI 0.33's layouts (z_image_turbo_int8_convrot.safetensors, z_image_int8_convrot.safetensors,
+z_image_turbo_int8.safetensors, qwen_3_4b_fp8_mixed.safetensors, qwen_3_4b_int8_convrot.safetensors;
+graphrun.nodes.zimage.tiny_quantized.write_quantized_files).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ def make(out: Path, comfy: bool) -> list[Path]:
     components = tiny.build_components()
     written = [tiny.write_diffusers_folder(components, out)]
     if comfy:
-        # Also writes the test LoRAs via graphrun.nodes.zimage.tiny_loras.write_test_loras.
+        # Also writes the test LoRAs (tiny_loras.write_test_loras) and the quantized files
+        # (tiny_quantized.write_quantized_files).
         written.append(tiny.write_comfy_models_dir(components, out / "comfy", loras=True))
     return written
 

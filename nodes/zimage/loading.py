@@ -459,15 +459,18 @@ def _from_single_file(cls: Any, mapping_fn: Any, state: dict[str, torch.Tensor],
 
 def load_transformer_file(
     path: str | os.PathLike[str], device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None, *, weight_dtype: str = "default",
+    dtype: str | torch.dtype | None = None, *, weight_dtype: str = "default", comfy_version: str | None = None,
 ) -> ZImageTransformer2DModel:
     """Load a Z-Image transformer from one safetensors file (e.g. ComfyUI's
     ``diffusion_models/z_image_turbo_bf16.safetensors``), through diffusers' single-file loader with
     a local config inferred from the file's tensor shapes.
 
     Quantized files (fp8, scaled fp8, ComfyUI's mixed precision) are dequantized to ``dtype`` as
-    ComfyUI does; ``weight_dtype`` is UNETLoader's option (see ``graphrun.nodes.quantized``)."""
-    from ..quantized import dequantize_checkpoint
+    ComfyUI does; ``weight_dtype`` is UNETLoader's option (see ``graphrun.nodes.quantized``). Under
+    the ComfyUI 0.33 setting (``comfy_version``, default the current default) int8 layers stay int8
+    and compute as ComfyUI 0.33 computes them (``graphrun.nodes.quantized_int8``)."""
+    from ...engine.comfy.versions import DEFAULT_COMFY_VERSION
+    from ..quantized import install_quantized_linears, load_checkpoint
     from diffusers import ZImageTransformer2DModel
     from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 
@@ -478,14 +481,42 @@ def load_transformer_file(
     _require_kind(info, "transformer", "diffusion model")
     config = infer_transformer_config(info.shapes, info.extra_config())
     prefix = _strip(info.shapes, _TRANSFORMER_PREFIXES)
-    state = dequantize_checkpoint(_load_tensors(info, prefix, what), info, what, "transformer", dt, prefix=prefix,
-                                  weight_dtype=weight_dtype)
+    state, checkpoint = load_checkpoint(_load_tensors(info, prefix, what), info, what, "transformer", dt,
+                                        prefix=prefix, weight_dtype=weight_dtype,
+                                        comfy_version=comfy_version or DEFAULT_COMFY_VERSION)
     # Some exports carry an unused top-level 'norm_final.weight'; diffusers' converter drops it too.
     state.pop("norm_final.weight", None)
     model = _from_single_file(ZImageTransformer2DModel, convert_z_image_transformer_checkpoint_to_diffusers,
                               state, config, dt, p, what, "the Z-Image architecture")
+    if checkpoint.int8 or checkpoint.pre_scales:
+        targets = _diffusers_targets(model, convert_z_image_transformer_checkpoint_to_diffusers)
+        install_quantized_linears(model, {}, p, what, int8=checkpoint.int8, pre_scales=checkpoint.pre_scales,
+                                  targets=targets)
     _place(model, dev, dt)
     return model
+
+
+def _diffusers_targets(model: torch.nn.Module, mapping_fn: Any) -> Any:
+    """Where a file's Linear layer lives in the diffusers model, with its output rows.
+
+    A layer the model has under the same name maps to itself; otherwise the diffusers key
+    converter is run on a tensor of row numbers, so a fused layer (Z-Image's ``attention.qkv``) is
+    followed into its parts (``to_q``, ``to_k``, ``to_v``) exactly as its weight was split.
+    """
+    names = dict(model.named_modules())
+
+    def targets(layer: str, rows: int | None) -> list[tuple[str, int, int]]:
+        if isinstance(names.get(layer), torch.nn.Linear):
+            return [(layer, 0, rows or 0)]
+        numbers = torch.arange(rows or 3, dtype=torch.float64).reshape(-1, 1)
+        converted = mapping_fn(checkpoint={f"{layer}.weight": numbers})
+        parts = []
+        for key, value in converted.items():
+            first, last = int(value[0, 0]), int(value[-1, 0])
+            parts.append((key.removesuffix(".weight"), first, last + 1))
+        return sorted(parts, key=lambda part: part[1])
+
+    return targets
 
 
 def load_vae_file(
@@ -585,16 +616,19 @@ def find_tokenizer(text_encoder_path: str | os.PathLike[str], vocab_size: int,
 def load_text_encoder_file(
     path: str | os.PathLike[str], device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None, tokenizer: str | os.PathLike[str] | None = None,
+    comfy_version: str | None = None,
 ) -> TextEncoderParts:
     """Load the Qwen3 text encoder from one safetensors file (e.g. ComfyUI's
     ``text_encoders/qwen_3_4b.safetensors``) and find its tokenizer (see ``find_tokenizer``).
 
     The weights are stored in ``dtype``; computation is always float32 (``ensure_fp32_compute``).
     Quantized layers (ComfyUI's fp8/mixed files) stay quantized and are dequantized in float32 at
-    each call, as ComfyUI does (``graphrun.nodes.quantized.QuantizedLinear``).
+    each call, as ComfyUI does (``graphrun.nodes.quantized.QuantizedLinear``); under the ComfyUI 0.33
+    setting (``comfy_version``) int8 layers compute in int8 as ComfyUI 0.33 does.
     """
     from accelerate import init_empty_weights
 
+    from ...engine.comfy.versions import DEFAULT_COMFY_VERSION
     from ..quantized import install_quantized_linears, split_checkpoint
     from transformers import Qwen3Config, Qwen3Model
 
@@ -614,11 +648,13 @@ def load_text_encoder_file(
     state = _load_tensors(info, prefix, what)
     # A causal-LM export also has the output head; the encoder does not use it.
     state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
-    checkpoint = split_checkpoint(state, info, what, dt, prefix=prefix)
+    checkpoint = split_checkpoint(state, info, what, dt, prefix=prefix,
+                                  comfy_version=comfy_version or DEFAULT_COMFY_VERSION)
     state = checkpoint.tensors
     with init_empty_weights():
         model = Qwen3Model(Qwen3Config(**config))
-    install_quantized_linears(model, checkpoint.quantized, p, what)
+    install_quantized_linears(model, checkpoint.quantized, p, what, int8=checkpoint.int8,
+                              pre_scales=checkpoint.pre_scales)
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:

@@ -4,6 +4,11 @@
 ``D = x - sigma * v`` with the flow velocity ``v = -transformer(x, t = 1 - sigma)``, exactly the
 convention of ComfyUI's Lumina2/Z-Image model and of diffusers' ZImagePipeline (which also negates the
 transformer output). ``x`` is in the model's latent space (already ``process_in``-scaled).
+
+The transformer is diffusers' ``ZImageTransformer2DModel`` (its modules, weights, LoRA patches and
+quantized layers), but its forward is :mod:`.comfy_forward`, which computes in ComfyUI 0.33's order of
+operations: on the CPU in float32 the model output equals ComfyUI's bit for bit, which its int8 layers
+need (they quantize activations per row, so any last-bit difference changes their codes).
 """
 from __future__ import annotations
 
@@ -15,12 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from ..runtime import execution_device
+from . import comfy_forward
 
 if TYPE_CHECKING:
     from diffusers import ZImageTransformer2DModel
 
-# The transformer pads caption tokens to a multiple of this (diffusers' SEQ_MULTI_OF).
-_CAPTION_MULTIPLE = 32
+# The transformer pads caption tokens to a multiple of this.
+_CAPTION_MULTIPLE = comfy_forward.PAD_MULTIPLE
 
 
 class _Counter:
@@ -162,16 +168,28 @@ class ZImageDenoiser:
         # ComfyUI pads to the patch size with circular padding and crops the output back.
         pad_h, pad_w = (-height) % self.patch_size, (-width) % self.patch_size
         x_in = F.pad(x, (0, pad_w, 0, pad_h), mode="circular") if (pad_h or pad_w) else x
-        latents = list(x_in.to(device=device, dtype=dtype).unsqueeze(2).unbind(0))  # N x [C, 1, H, W]
-        caps = [c.to(device=device, dtype=dtype) for c in captions]
-        # t = 1 - sigma in float32 (not (1000 - 1000 sigma) / 1000, which can differ in the last bit).
-        t = (1.0 - sigma).to(device)
+        x_in = x_in.to(device=device, dtype=dtype)
+        sigma_in = sigma.to(device)
 
         for hook in self.forward_hooks:
             hook(self, x, sigma, context)
         self._counter.count += 1
+        comfy_forward.before_use(self.transformer)
+        # Rows whose captions have one length run as one batch; other lengths run as batches of their
+        # own, as in ComfyUI, which never batches conds of different lengths (their num_tokens differ).
+        # The batch matters to the last bit: ComfyUI's own batches are reproduced exactly.
+        groups: dict[int, list[int]] = {}
+        for index, caption in enumerate(captions):
+            groups.setdefault(caption.shape[0], []).append(index)
+        out = torch.empty(n, x.shape[1], height, width, dtype=torch.float32, device=x.device)
         with torch.no_grad():
-            out = self.transformer(latents, t, caps, return_dict=False)[0]
-        net = torch.stack([o.float() for o in out], dim=0).squeeze(2)[:, :, :height, :width]
-        v = -net.to(x.device)
-        return x - sigma.view(n, 1, 1, 1) * v
+            for rows in groups.values():
+                caps = torch.stack([captions[i] for i in rows]).to(device=device, dtype=dtype)
+                if len(rows) == n:
+                    model_out = comfy_forward.forward(self.transformer, x_in, sigma_in, caps)
+                else:
+                    pick = torch.tensor(rows, device=device)
+                    model_out = comfy_forward.forward(self.transformer, x_in[pick], sigma_in[pick], caps)
+                out[rows] = model_out[:, :, :height, :width].float().to(x.device)
+        # ComfyUI's CONST denoised: x - model_output * sigma (the model output is the negated net).
+        return x - out * sigma.view(n, 1, 1, 1)

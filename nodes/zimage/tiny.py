@@ -338,10 +338,11 @@ def tiny_comfy_dir() -> Path:
     """A ComfyUI-style models folder with the tiny Z-Image, built into the cache on first use.
 
     Holds ``diffusion_models/z_image_turbo_bf16.safetensors``, ``text_encoders/qwen_3_4b.safetensors``,
-    ``vae/ae.safetensors`` and the test LoRAs under ``loras/``.
+    ``vae/ae.safetensors``, quantized copies under the official templates' names (the int8 ones of
+    ComfyUI 0.33 among them), a tiny upscaler and the test LoRAs under ``loras/``.
     """
     # The folder's own version: bump it when its contents change (the weights follow TINY_VERSION).
-    return _cached_build(f"tiny-zimage-comfy-{TINY_VERSION}.2",
+    return _cached_build(f"tiny-zimage-comfy-{TINY_VERSION}.3",
                          lambda out: write_comfy_models_dir(build_components(), out), COMFY_TRANSFORMER)
 
 
@@ -474,14 +475,19 @@ COMFY_UPSCALER = "upscale_models/RealESRGAN_x4plus.safetensors"
 
 def write_comfy_models_dir(components: dict[str, Any], out_dir: str | os.PathLike[str], *,
                            loras: bool = True) -> Path:
-    """A ComfyUI models folder: the three single files (also under the base model's name), a
-    tiny x4 upscaler under ``upscale_models/`` and, with ``loras``, the test LoRAs
+    """A ComfyUI models folder: the three single files (also under the base model's name), their
+    quantized copies under the official int8 templates' names and a few more layouts
+    (``graphrun.nodes.zimage.tiny_quantized.write_quantized_files``), a tiny x4 upscaler under
+    ``upscale_models/`` and, with ``loras``, the test LoRAs
     (``graphrun.nodes.zimage.tiny_loras.write_test_loras``) under ``loras/``."""
     from graphrun.nodes.upscale import write_tiny_upscale_model
+
+    from .tiny_quantized import write_quantized_files
 
     out = Path(out_dir)
     paths = write_comfy_files(components, out)
     shutil.copyfile(paths["transformer"], out / COMFY_BASE_TRANSFORMER)
+    write_quantized_files(out)
     (out / COMFY_UPSCALER).parent.mkdir(parents=True, exist_ok=True)
     write_tiny_upscale_model(out / COMFY_UPSCALER)
     if loras:
@@ -489,5 +495,5 @@ def write_comfy_models_dir(components: dict[str, Any], out_dir: str | os.PathLik
         from .tiny_loras import write_test_loras
 
         (out / "loras").mkdir(parents=True, exist_ok=True)
-        write_test_loras(components["transformer"], out / "loras")
+        write_test_loras(components["transformer"], out / "loras", text_encoder=components["text_encoder"])
     return out

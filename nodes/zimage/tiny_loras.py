@@ -14,6 +14,11 @@ differs from the base model's.
 v0.18.1 has no such prefix for Z-Image and ignores every key of it, and so does graphrun (the file
 "matches nothing"). :func:`write_comfy_ignored_loras` writes further layouts that ComfyUI ignores
 wholly or in part, for tests.
+
+Given the text encoder, :func:`write_test_loras` also writes ``kohya_te``: a LoRA as kohya's trainers
+ship them for Z-Image, ``lora_unet_*`` keys for the transformer (the same update as ``kohya``) plus
+``lora_te_*`` keys for every Linear of the Qwen3 encoder. ComfyUI 0.33 applies both parts (the text
+encoder at ``LoraLoader``'s ``strength_clip``); ComfyUI v0.18.1 ignores the ``lora_te_*`` keys.
 """
 from __future__ import annotations
 
@@ -24,7 +29,17 @@ from safetensors.torch import save_file
 
 from graphrun.nodes.zimage import lora_keys
 
-__all__ = ["IGNORED_LAYOUTS", "LAYOUTS", "RANK", "canonical_pairs", "write_comfy_ignored_loras", "write_test_loras"]
+__all__ = [
+    "IGNORED_LAYOUTS",
+    "LAYOUTS",
+    "RANK",
+    "TE_ALPHA",
+    "TE_LAYOUTS",
+    "canonical_pairs",
+    "text_encoder_pairs",
+    "write_comfy_ignored_loras",
+    "write_test_loras",
+]
 
 #: Rank of the test LoRAs.
 RANK = 4
@@ -42,6 +57,14 @@ LAYOUTS = (
     "unmatched",  # SDXL UNet + CLIP keys: matches nothing in Z-Image
     "partial",  # half Z-Image keys, half keys for modules the tiny model does not have
 )
+
+#: The layouts `write_test_loras` writes in addition when it is given the text encoder.
+TE_LAYOUTS = (
+    "kohya_te",  # lora_unet_<native with _> (as "kohya") + lora_te_<Qwen3 module with _>.lora_down/up + alpha
+)
+
+#: alpha of the ``lora_te_*`` pairs of ``kohya_te`` (rank 4: each update is scaled by 0.75).
+TE_ALPHA = 3.0
 
 #: The layouts `write_comfy_ignored_loras` writes: every module of the canonical update under a key
 #: spelling ComfyUI v0.18.1 does not read for Z-Image (in whole or, for bare_native, in part).
@@ -79,6 +102,32 @@ def canonical_pairs(
         up = torch.randn(out_features, rank, generator=gen) * 0.25
         pairs[name] = (down, up)
     return pairs
+
+
+def text_encoder_pairs(
+    text_encoder: torch.nn.Module, seed: int = 20240607, rank: int = RANK
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Seeded ``{Qwen3 module name: (down [rank, in], up [out, rank])}`` for every Linear of the encoder
+    (``layers.0.self_attn.q_proj``, ..., ``layers.N.mlp.down_proj``), the modules kohya trains."""
+    gen = torch.Generator().manual_seed(seed + 2)
+    pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, module in text_encoder.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            out_features, in_features = module.weight.shape
+            down = torch.randn(rank, in_features, generator=gen) * 0.25
+            pairs[name] = (down, torch.randn(out_features, rank, generator=gen) * 0.25)
+    return pairs
+
+
+def _kohya_te(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], alpha: float) -> dict[str, torch.Tensor]:
+    """kohya's text-encoder keys: ``lora_te_<module with _>.lora_down/lora_up.weight`` and ``.alpha``."""
+    out: dict[str, torch.Tensor] = {}
+    for name, (down, up) in pairs.items():
+        key = "lora_te_" + name.replace(".", "_")
+        out[f"{key}.lora_down.weight"] = down
+        out[f"{key}.lora_up.weight"] = up
+        out[f"{key}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+    return out
 
 
 def _native_pairs(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -132,10 +181,16 @@ def _foreign_keys(gen: torch.Generator, rank: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_test_loras(transformer: torch.nn.Module, out_dir: Path, seed: int = 20240607) -> dict[str, Path]:
-    """Write one LoRA per layout (see ``LAYOUTS``) for ``transformer`` into ``out_dir``.
+def write_test_loras(
+    transformer: torch.nn.Module,
+    out_dir: Path,
+    seed: int = 20240607,
+    text_encoder: torch.nn.Module | None = None,
+) -> dict[str, Path]:
+    """Write one LoRA per layout (see ``LAYOUTS``) for ``transformer`` into ``out_dir``, and with
+    ``text_encoder`` (the Qwen3 encoder) also those of ``TE_LAYOUTS``.
 
-    Returns ``{layout: path}``. Deterministic for a given transformer config and seed.
+    Returns ``{layout: path}``. Deterministic for a given model config and seed.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -163,8 +218,12 @@ def write_test_loras(transformer: torch.nn.Module, out_dir: Path, seed: int = 20
         "unmatched": _foreign_keys(gen, RANK),
         "partial": _ab({**half, **missing}, "transformer.", ".lora_A.weight", ".lora_B.weight"),
     }
+    layouts = LAYOUTS
+    if text_encoder is not None:
+        files["kohya_te"] = {**files["kohya"], **_kohya_te(text_encoder_pairs(text_encoder, seed), TE_ALPHA)}
+        layouts += TE_LAYOUTS
     paths: dict[str, Path] = {}
-    for layout in LAYOUTS:
+    for layout in layouts:
         path = out_dir / f"tiny_lora_{layout}.safetensors"
         # safetensors refuses tensors that share memory (the shared q/k/v down): store copies
         save_file({k: v.contiguous().clone() for k, v in files[layout].items()}, str(path), metadata={"layout": layout})
