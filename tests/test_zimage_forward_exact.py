@@ -61,3 +61,22 @@ def test_rows_with_different_caption_lengths_compute_as_if_alone(denoiser, one_t
     together = denoiser.apply_model(x, sigma, [short, long])
     assert torch.equal(together[:1], denoiser.apply_model(x[:1], sigma[:1], [short]))
     assert torch.equal(together[1:], denoiser.apply_model(x[1:], sigma[1:], [long]))
+
+
+def test_one_masked_forward_for_different_caption_lengths_equals_each_row_alone(denoiser, one_thread):
+    """``forward_mixed`` (the GPUs' one batched forward for rows of different caption lengths, here run on
+    the CPU): each row equals its own forward up to float rounding, whether its caption pads to the
+    batch's longest or not."""
+    from graphrun.nodes.zimage import comfy_forward
+
+    calls = load_file(DATA / "calls.safetensors")
+    x, sigma = calls["a.x"], calls["a.sigma"]
+    short, long = calls["b.context"][0], calls["a.context"][1]  # 32 and 45 tokens: padded to 32 and 64
+    transformer = denoiser.transformer
+    with torch.no_grad():
+        mixed = comfy_forward.forward_mixed(transformer, x, sigma, [short, long])
+        alone = [comfy_forward.forward(transformer, x[i:i + 1], sigma[i:i + 1], c.unsqueeze(0))
+                 for i, c in enumerate((short, long))]
+    for row, expected in enumerate(alone):
+        torch.testing.assert_close(mixed[row:row + 1], expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(alone[0], alone[1], atol=1e-3)  # the rows really differ

@@ -101,8 +101,9 @@ def _attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
 
-def attention(block: Any, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """One block's self-attention (ComfyUI's ``JointAttention``) on ``x`` ``[B, n, dim]``."""
+def attention(block: Any, x: torch.Tensor, table: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One block's self-attention (ComfyUI's ``JointAttention``) on ``x`` ``[B, n, dim]``; ``mask``
+    ``[B, n]`` (True = a real token) only for :func:`forward_mixed`'s batches of different caption lengths."""
     attn = block.attention
     bsz, seq, _ = x.shape
     heads = int(attn.heads)
@@ -124,7 +125,10 @@ def attention(block: Any, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         k = k.unsqueeze(3).repeat(1, 1, 1, rep, 1).flatten(2, 3)
         v = v.unsqueeze(3).repeat(1, 1, 1, rep, 1).flatten(2, 3)
     q, k, v = q.movedim(1, 2), k.movedim(1, 2), v.movedim(1, 2)  # [B, heads, n, d]
-    if x.device.type == "cpu":
+    if mask is not None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], dropout_p=0.0)
+        out = out.transpose(1, 2).reshape(bsz, -1, heads * head_dim)
+    elif x.device.type == "cpu":
         out = _attention_cpu(q.reshape(bsz * heads, -1, head_dim), k.reshape(bsz * heads, -1, head_dim).movedim(1, 2),
                              v.reshape(bsz * heads, -1, head_dim))
         out = out.to(q.dtype).unflatten(0, (-1, heads)).transpose(1, 2).flatten(start_dim=2)
@@ -144,15 +148,17 @@ def _feed_forward(block: Any, x: torch.Tensor) -> torch.Tensor:
     return ffn.w2(_clamp_fp16(F.silu(ffn.w1(x)) * ffn.w3(x)))
 
 
-def block_forward(block: Any, x: torch.Tensor, table: torch.Tensor, adaln: torch.Tensor | None) -> torch.Tensor:
+def block_forward(block: Any, x: torch.Tensor, table: torch.Tensor, adaln: torch.Tensor | None,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """One transformer block (ComfyUI's ``JointTransformerBlock``), with or without modulation."""
     if getattr(block, "modulation", False):
         scale_msa, gate_msa, scale_mlp, gate_mlp = block.adaLN_modulation(adaln).chunk(4, dim=1)
-        h = attention(block, _rms_norm(block.attention_norm1, x) * (1 + scale_msa.unsqueeze(1)), table)
+        h = attention(block, _rms_norm(block.attention_norm1, x) * (1 + scale_msa.unsqueeze(1)), table, mask)
         x = x + gate_msa.unsqueeze(1).tanh() * _rms_norm(block.attention_norm2, _clamp_fp16(h))
         h = _feed_forward(block, _rms_norm(block.ffn_norm1, x) * (1 + scale_mlp.unsqueeze(1)))
         return x + gate_mlp.unsqueeze(1).tanh() * _rms_norm(block.ffn_norm2, _clamp_fp16(h))
-    x = x + _rms_norm(block.attention_norm2, _clamp_fp16(attention(block, _rms_norm(block.attention_norm1, x), table)))
+    x = x + _rms_norm(block.attention_norm2,
+                      _clamp_fp16(attention(block, _rms_norm(block.attention_norm1, x), table, mask)))
     return x + _rms_norm(block.ffn_norm2, _feed_forward(block, _rms_norm(block.ffn_norm1, x)))
 
 
@@ -162,6 +168,64 @@ def _pad_tokens(feats: torch.Tensor, pad_token: torch.Tensor) -> tuple[torch.Ten
         return feats, 0
     pad = pad_token.to(device=feats.device, dtype=feats.dtype).unsqueeze(0).repeat(feats.shape[0], extra, 1)
     return torch.cat((feats, pad), dim=1), extra
+
+
+def _timestep(transformer: Any, sigma: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    t = 1.0 - sigma.to(device=device, dtype=torch.float32)
+    embedder = transformer.t_embedder
+    frequencies = timestep_embedding(t * float(transformer.config.t_scale), int(embedder.frequency_embedding_size))
+    return embedder.mlp(frequencies.to(dtype))
+
+
+def _caption(transformer: Any, context: torch.Tensor) -> torch.Tensor:
+    """Caption features embedded and padded with the pad token to a multiple of 32: ``[B, P, dim]``."""
+    cap = transformer.cap_embedder[1](_rms_norm(transformer.cap_embedder[0], context))
+    return _pad_tokens(cap, transformer.cap_pad_token)[0]
+
+
+def _positions(count: int, device: torch.device) -> torch.Tensor:
+    ids = torch.zeros(1, count, 3, dtype=torch.float32, device=device)
+    ids[:, :, 0] = torch.arange(count, dtype=torch.float32, device=device) + 1.0
+    return ids
+
+
+def _image(transformer: Any, x: torch.Tensor, key: str, patch: int, cap_lens: Sequence[int]
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patch tokens ``[B, N, dim]`` padded to a multiple of 32, and their position ids ``[B or 1, N, 3]``:
+    ``(caption length + 1, row, col)``, pads at ``(0, 0, 0)``; one row of ids per caption length given."""
+    bsz, channels, height, width = x.shape
+    rows, cols = height // patch, width // patch
+    patches = x.view(bsz, channels, rows, patch, cols, patch).permute(0, 2, 4, 3, 5, 1).flatten(3).flatten(1, 2)
+    img = transformer.all_x_embedder[key](patches)
+    ids = torch.zeros(len(cap_lens), rows * cols, 3, dtype=torch.float32, device=x.device)
+    ids[:, :, 0] = torch.tensor(cap_lens, dtype=torch.float32, device=x.device).view(-1, 1) + 1
+    ids[:, :, 1] = torch.arange(rows, dtype=torch.float32, device=x.device).view(-1, 1).repeat(1, cols).flatten()
+    ids[:, :, 2] = torch.arange(cols, dtype=torch.float32, device=x.device).view(1, -1).repeat(rows, 1).flatten()
+    img, extra = _pad_tokens(img, transformer.x_pad_token)
+    if extra:
+        ids = F.pad(ids, (0, 0, 0, extra))
+    return img, ids
+
+
+def _final(transformer: Any, key: str, hidden: torch.Tensor, adaln: torch.Tensor, start: int,
+           shape: torch.Size, patch: int) -> torch.Tensor:
+    """The final layer on the image tokens from ``start`` on, unpatchified and negated: ``[B, C, H, W]``."""
+    bsz, channels, height, width = shape
+    rows, cols = height // patch, width // patch
+    final = transformer.all_final_layer[key]
+    scale = final.adaLN_modulation(adaln)
+    hidden = F.layer_norm(hidden, (hidden.shape[-1],), None, None, final.norm_final.eps) * (1 + scale.unsqueeze(1))
+    hidden = final.linear(hidden)
+    out = (hidden[:, start:start + rows * cols]
+           .reshape(bsz, rows, cols, patch, patch, channels)
+           .permute(0, 5, 1, 3, 2, 4).flatten(4, 5).flatten(2, 3))
+    return -out
+
+
+def _config(transformer: Any) -> tuple[int, str, list[int], float]:
+    patch = int(transformer.config.all_patch_size[0])
+    f_patch = int(transformer.config.all_f_patch_size[0])
+    return patch, f"{patch}-{f_patch}", list(transformer.config.axes_dims), float(transformer.config.rope_theta)
 
 
 def forward(transformer: Any, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -176,36 +240,12 @@ def forward(transformer: Any, x: torch.Tensor, sigma: torch.Tensor, context: tor
     Returns:
         ``[B, C, H, W]`` in the model dtype.
     """
-    patch = int(transformer.config.all_patch_size[0])
-    f_patch = int(transformer.config.all_f_patch_size[0])
-    key = f"{patch}-{f_patch}"
-    axes_dims = list(transformer.config.axes_dims)
-    theta = float(transformer.config.rope_theta)
-    bsz, channels, height, width = x.shape
-    device, dtype = x.device, x.dtype
-
-    t = 1.0 - sigma.to(device=device, dtype=torch.float32)
-    embedder = transformer.t_embedder
-    frequencies = timestep_embedding(t * float(transformer.config.t_scale), int(embedder.frequency_embedding_size))
-    adaln = embedder.mlp(frequencies.to(dtype))
-
-    cap = transformer.cap_embedder[1](_rms_norm(transformer.cap_embedder[0], context))
-    cap, _ = _pad_tokens(cap, transformer.cap_pad_token)
+    patch, key, axes_dims, theta = _config(transformer)
+    adaln = _timestep(transformer, sigma, x.dtype, x.device)
+    cap = _caption(transformer, context)
     cap_len = cap.shape[1]
-    cap_ids = torch.zeros(1, cap_len, 3, dtype=torch.float32, device=device)
-    cap_ids[:, :, 0] = torch.arange(cap_len, dtype=torch.float32, device=device) + 1.0
-    cap_table = rope_table(cap_ids, axes_dims, theta)
-
-    rows, cols = height // patch, width // patch
-    patches = x.view(bsz, channels, rows, patch, cols, patch).permute(0, 2, 4, 3, 5, 1).flatten(3).flatten(1, 2)
-    img = transformer.all_x_embedder[key](patches)
-    img_ids = torch.zeros(1, rows * cols, 3, dtype=torch.float32, device=device)
-    img_ids[:, :, 0] = cap_len + 1
-    img_ids[:, :, 1] = torch.arange(rows, dtype=torch.float32, device=device).view(-1, 1).repeat(1, cols).flatten()
-    img_ids[:, :, 2] = torch.arange(cols, dtype=torch.float32, device=device).view(1, -1).repeat(rows, 1).flatten()
-    img, extra = _pad_tokens(img, transformer.x_pad_token)
-    if extra:
-        img_ids = F.pad(img_ids, (0, 0, 0, extra))
+    cap_table = rope_table(_positions(cap_len, x.device), axes_dims, theta)
+    img, img_ids = _image(transformer, x, key, patch, [cap_len])
     img_table = rope_table(img_ids, axes_dims, theta)
 
     for block in transformer.context_refiner:
@@ -216,15 +256,40 @@ def forward(transformer: Any, x: torch.Tensor, sigma: torch.Tensor, context: tor
     table = torch.cat((cap_table, img_table), dim=1)
     for block in transformer.layers:
         hidden = block_forward(block, hidden, table, adaln)
+    return _final(transformer, key, hidden, adaln, cap_len, x.shape, patch)
 
-    final = transformer.all_final_layer[key]
-    scale = final.adaLN_modulation(adaln)
-    hidden = F.layer_norm(hidden, (hidden.shape[-1],), None, None, final.norm_final.eps) * (1 + scale.unsqueeze(1))
-    hidden = final.linear(hidden)
-    out = (hidden[:, cap_len:cap_len + rows * cols]
-           .reshape(bsz, rows, cols, patch, patch, channels)
-           .permute(0, 5, 1, 3, 2, 4).flatten(4, 5).flatten(2, 3))
-    return -out
+
+def forward_mixed(transformer: Any, x: torch.Tensor, sigma: torch.Tensor, contexts: Sequence[torch.Tensor]
+                  ) -> torch.Tensor:
+    """:func:`forward` for rows whose captions differ in length, in one batched forward (for throughput;
+    ComfyUI never batches such rows, so there is no ComfyUI batch to reproduce bit for bit).
+
+    Each row's caption is embedded and padded to a multiple of 32 as alone, then to the batch's longest
+    with masked slots; its image tokens take the positions they have alone. Each row equals its own
+    :func:`forward` up to float rounding (attention runs as masked ``scaled_dot_product_attention``).
+    ``contexts`` holds one ``[L_i, D]`` tensor per row, in the model dtype.
+    """
+    patch, key, axes_dims, theta = _config(transformer)
+    adaln = _timestep(transformer, sigma, x.dtype, x.device)
+    caps = [_caption(transformer, c.unsqueeze(0)) for c in contexts]
+    cap_lens = [c.shape[1] for c in caps]
+    longest = max(cap_lens)
+    cap = torch.cat([F.pad(c, (0, 0, 0, longest - c.shape[1])) for c in caps], dim=0)
+    cap_mask = torch.arange(longest, device=x.device)[None] < torch.tensor(cap_lens, device=x.device)[:, None]
+    cap_table = rope_table(_positions(longest, x.device), axes_dims, theta).expand(len(caps), -1, -1, -1, -1, -1)
+    img, img_ids = _image(transformer, x, key, patch, cap_lens)
+    img_table = rope_table(img_ids, axes_dims, theta)
+
+    for block in transformer.context_refiner:
+        cap = block_forward(block, cap, cap_table, None, cap_mask)
+    for block in transformer.noise_refiner:
+        img = block_forward(block, img, img_table, adaln)
+    hidden = torch.cat((cap, img), dim=1)
+    table = torch.cat((cap_table, img_table), dim=1)
+    mask = torch.cat((cap_mask, cap_mask.new_ones(len(caps), img.shape[1])), dim=1)
+    for block in transformer.layers:
+        hidden = block_forward(block, hidden, table, adaln, mask)
+    return _final(transformer, key, hidden, adaln, longest, x.shape, patch)
 
 
 def before_use(transformer: Any) -> None:

@@ -175,14 +175,20 @@ class ZImageDenoiser:
             hook(self, x, sigma, context)
         self._counter.count += 1
         comfy_forward.before_use(self.transformer)
-        # Rows whose captions have one length run as one batch; other lengths run as batches of their
-        # own, as in ComfyUI, which never batches conds of different lengths (their num_tokens differ).
-        # The batch matters to the last bit: ComfyUI's own batches are reproduced exactly.
+        # Rows whose captions have one length run as one batch; on the CPU other lengths run as batches
+        # of their own, as in ComfyUI, which never batches conds of different lengths (their num_tokens
+        # differ): the batch matters to the last bit, and ComfyUI's own batches are reproduced exactly.
+        # Elsewhere (GPUs, where nothing is bit-exact) all rows share one masked forward, for throughput.
         groups: dict[int, list[int]] = {}
         for index, caption in enumerate(captions):
             groups.setdefault(caption.shape[0], []).append(index)
         out = torch.empty(n, x.shape[1], height, width, dtype=torch.float32, device=x.device)
         with torch.no_grad():
+            if len(groups) > 1 and device.type != "cpu":
+                caps_mixed = [c.to(device=device, dtype=dtype) for c in captions]
+                model_out = comfy_forward.forward_mixed(self.transformer, x_in, sigma_in, caps_mixed)
+                out.copy_(model_out[:, :, :height, :width].float().to(x.device))
+                groups = {}
             for rows in groups.values():
                 caps = torch.stack([captions[i] for i in rows]).to(device=device, dtype=dtype)
                 if len(rows) == n:
