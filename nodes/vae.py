@@ -1,4 +1,4 @@
-"""VAEDecode and VAEEncode (ComfyUI semantics: decode clamps to [0,1]; encode takes the posterior mode)."""
+"""VAEDecode and VAEEncode (ComfyUI semantics, bit for bit on the CPU: see zimage/vae.py)."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,13 +9,21 @@ from .types import Image, Latent, Vae
 
 
 def _decode_rows(calls: list[dict[str, Any]]) -> list[Any]:
-    """VAEDecode of several rows' latents in one call."""
+    """VAEDecode of several rows.
+
+    On the CPU each row's latents are decoded on their own: a convolution's last bits depend on the batch
+    it runs in, and ComfyUI decodes each VAEDecode's latent batch by itself, so stacking rows would change
+    pixels. Elsewhere (GPUs, where nothing is bit-exact) the rows share one forward, for throughput.
+    """
     from . import rows
+    from .runtime import execution_device
     from .zimage.vae import decode
 
-    rows.same(calls, "vae")
+    vae = calls[0]["vae"].vae
+    if execution_device(vae).type == "cpu" or any(c["vae"].vae is not vae for c in calls):
+        return [decode(c["vae"].vae, c["latent"].samples) for c in calls]
     stacked, sizes = rows.stack([c["latent"].samples for c in calls])
-    return rows.split(decode(calls[0]["vae"].vae, stacked), sizes)
+    return rows.split(decode(vae, stacked), sizes)
 
 
 @node(
