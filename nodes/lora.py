@@ -56,7 +56,11 @@ int8 (graphrun's own code, :mod:`graphrun.nodes.quantized_int8`; checked bit for
 patched codes and scales on the CPU). Stochastic rounding draws its numbers on the device ComfyUI patches
 on; on an accelerator ComfyUI uses comfy-kitchen's device kernels, which graphrun does not reproduce, so a
 LoRA on an int8 layer is refused there (:class:`LoraError`) rather than applied differently. Weights of
-the other quantized formats (dequantized at each call: fp8 mixed, nvfp4, mxfp8) are refused too.
+the other quantized formats (dequantized at each call: fp8 mixed, nvfp4, mxfp8) are refused too. The 4-bit
+layers (``convrot_w4a4``, and ``asym_w4a8_int8``, which computes as an int8 layer) are patched the same way,
+requantized into their own format with comfy-kitchen's 4-bit quantizers' arithmetic
+(:mod:`graphrun.nodes.quantized_w4`; checked bit for bit), except a ``convrot_w4a4`` layer whose inputs are
+not a multiple of 64, which ComfyUI's quantizer rejects (refused).
 
 Refused with a clear error, because graphrun does not implement them and ComfyUI would apply them
 (the picture would silently differ): DoRA (``.dora_scale``), LoCon-Tucker (``.lora_mid.weight``),
@@ -80,6 +84,8 @@ from safetensors import safe_open
 from graphrun.engine.comfy.versions import DEFAULT_COMFY_VERSION, comfy_at_least, resolve_comfy_version
 from graphrun.nodes.zimage import lora_keys
 from graphrun.nodes.quantized_int8 import Int8Linear, Int8Weight, comfy_seed, dequantize_for_patch, requantize_patched
+from graphrun.nodes.quantized_w4 import (W4A4_QUANT_GROUP, W4A4Linear, W4A4Weight, decode_w4a8,
+                                         dequantize_w4a4_for_patch, requantize_w4a4, requantize_w4a8)
 
 __all__ = [
     "LoraError",
@@ -395,7 +401,7 @@ def _param_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     # A quantized Linear keeps no `weight` parameter, but ComfyUI's table lists its weight: list it
     # too, so that a LoRA for it is patched (int8) or refused by match_lora (other formats) instead of
     # silently ignored.
-    for name in [*_int8_modules(model), *_quantized_modules(model)]:
+    for name in {*_int8_modules(model), *_quantized_modules(model)}:
         module = model.get_submodule(name)
         shapes[f"{name}.weight"] = (int(module.out_features), int(module.in_features))
     return shapes
@@ -585,9 +591,9 @@ def _quantized_modules(model: torch.nn.Module) -> set[str]:
     return {name for name, module in model.named_modules() if hasattr(module, "quantized_weight")}
 
 
-def _int8_modules(model: torch.nn.Module) -> dict[str, Int8Linear]:
-    """The int8 layers, which are patched as ComfyUI 0.33 patches them (:func:`_apply_int8`)."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, Int8Linear)}
+def _int8_modules(model: torch.nn.Module) -> dict[str, Int8Linear | W4A4Linear]:
+    """The int8 and 4-bit layers, which are patched as ComfyUI 0.33 patches them (:func:`_apply_int8`)."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, (Int8Linear, W4A4Linear))}
 
 
 def _unsupported(lora: LoraWeights, what: str, key: str) -> LoraError:
@@ -782,6 +788,7 @@ def _plan(model: torch.nn.Module, loras: tuple[tuple[LoraWeights, float], ...]) 
         for patch in match_lora(model, lora).patches:
             if int8 and _int8_parts(patch.target, int8):
                 _check_int8_device(model, int8, patch, lora.name)
+                _check_w4a4_inputs(int8, patch, lora.name)
             plan.append((patch, strength))
     return plan
 
@@ -885,12 +892,26 @@ def _check_int8_device(model: torch.nn.Module, int8: dict[str, Int8Linear], patc
     module = _int8_parts(patch.target, int8)[0][0]
     device = _int8_device(model, module)
     if device.type != "cpu":
+        is_int8 = isinstance(module, Int8Linear) and module.w4a8 is None
+        rot = " with ConvRot" if is_int8 and module.convrot else ""
         raise LoraError(
-            f"LoRA {lora_name!r} patches {patch.weight!r}, an int8 layer ('{module.layer}', int8_tensorwise"
-            f"{' with ConvRot' if module.convrot else ''}), on {device}. ComfyUI 0.33 requantizes a patched int8 "
+            f"LoRA {lora_name!r} patches {patch.weight!r}, {'an int8' if is_int8 else 'a 4-bit'} layer ('{module.layer}', "
+            f"{module.format}{rot}), on {device}. ComfyUI 0.33 requantizes a patched quantized "
             "weight with stochastic rounding; on an accelerator it does so with comfy-kitchen's device kernels "
             "and random numbers (or at call time), which graphrun does not reproduce, so the picture would "
             "silently differ. Run this model on the CPU, or use the unquantized (bf16) model file with this LoRA."
+        )
+
+
+def _check_w4a4_inputs(int8: dict[str, Int8Linear | W4A4Linear], patch: WeightPatch, lora_name: str) -> None:
+    """Refuse a patch of a ``convrot_w4a4`` layer whose inputs ComfyUI 0.33's 4-bit quantizer rejects (not a
+    multiple of its int4 group size): ComfyUI fails on such a LoRA (ValueError while patching)."""
+    module = _int8_parts(patch.target, int8)[0][0]
+    if isinstance(module, W4A4Linear) and module.in_features % W4A4_QUANT_GROUP:
+        raise LoraError(
+            f"LoRA {lora_name!r} patches {patch.weight!r}, a convrot_w4a4 layer ('{module.layer}') with "
+            f"{module.in_features} inputs, not a multiple of {W4A4_QUANT_GROUP}: ComfyUI 0.33's 4-bit quantizer "
+            "cannot requantize it and fails on this LoRA too. Use the bf16 or int8 model file with this LoRA."
         )
 
 
@@ -899,14 +920,15 @@ def _apply_int8(
     model: torch.nn.Module,
     state: _PatchState,
     patches: list[tuple[WeightPatch, float]],
-    int8: dict[str, Int8Linear],
+    int8: dict[str, Int8Linear | W4A4Linear],
     backup_device: torch.device | str | None,
 ) -> None:
-    """Patch one int8 ComfyUI weight as ComfyUI 0.33 does when it loads the patched model: the whole
-    weight (a fused qkv with all three parts, even when a LoRA patches only ``to_q``) is dequantized,
-    every patch is added in order in the LoRA compute dtype, and the sum is quantized again with a
-    recalculated scale and stochastic rounding seeded by the weight's ComfyUI key (see
-    :mod:`graphrun.nodes.quantized_int8`). The layers keep computing in int8."""
+    """Patch one int8 or 4-bit ComfyUI weight as ComfyUI 0.33 does when it loads the patched model: the
+    whole weight (a fused qkv with all three parts, even when a LoRA patches only ``to_q``) is
+    dequantized, every patch is added in order in the LoRA compute dtype, and the sum is quantized again
+    into the layer's format with recalculated scales and stochastic rounding seeded by the weight's
+    ComfyUI key (see :mod:`graphrun.nodes.quantized_int8`, :mod:`graphrun.nodes.quantized_w4`). The
+    layers keep computing in their format."""
     first_patch = patches[0][0]
     key = first_patch.weight
     whole = key_map(model).weights[key]  # the full ComfyUI weight, whatever part a patch narrows to
@@ -917,14 +939,17 @@ def _apply_int8(
     modules = [module for module, _ in parts]
     head = modules[0]
     device = _int8_device(model, head)  # the CPU (_plan refuses others)
-    scales = [module.int8_weight().scale for module in modules]
+    scales = [module.q_scale.view(torch.float32).reshape(-1) for module in modules]
     per_row = any(scale.numel() > 1 for scale in scales)
     data = torch.cat([module.q_data for module in modules]) if len(modules) > 1 else head.q_data
     scale = torch.cat(scales) if per_row and len(scales) > 1 else scales[0]
-    weight = Int8Weight(head.layer, data, scale, head.convrot, head.group_size)
     model_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     dtype = lora_compute_dtype(torch.empty(0, dtype=model_dtype, device=device), device)
-    w = dequantize_for_patch(weight, dtype, device)
+    if isinstance(head, W4A4Linear):
+        w = dequantize_w4a4_for_patch(W4A4Weight(head.layer, data, scale, head.group_size), dtype, device)
+    else:
+        weight = Int8Weight(head.layer, data, scale, head.convrot, head.group_size)
+        w = dequantize_for_patch(weight, dtype, device)
     for patch, strength in patches:
         block = patch.block(strength, device, dtype)
         offset = patch.target.offset
@@ -933,8 +958,18 @@ def _apply_int8(
             view.copy_(block.reshape(view.shape))
         else:
             view += block.reshape(view.shape)
-    codes, scale = requantize_patched(w, convrot=weight.convrot, group_size=weight.group_size, per_row=per_row,
-                                      seed=comfy_seed(key))
+    seed = comfy_seed(key)
+    if isinstance(head, W4A4Linear):
+        codes, scale = requantize_w4a4(w, head.group_size, seed)
+    elif head.w4a8 is not None:  # asym_w4a8_int8: requantized to 4 bits, then decoded to its int8 grid again
+        params = head.w4a8
+        packed, s_rel, s_channel = requantize_w4a8(w, group_size=params.group_size, convrot_groupsize=head.group_size,
+                                                   codebook=params.codebook, scale_dtype=params.scale_dtype, seed=seed)
+        decoded = decode_w4a8(head.layer, packed, s_rel, s_channel, params.codebook, params.group_size, head.group_size)
+        codes, scale = decoded.data, decoded.scale
+    else:
+        codes, scale = requantize_patched(w, convrot=head.convrot, group_size=head.group_size, per_row=per_row,
+                                          seed=seed)
     # The parts of a fused weight can share storage (views of one loaded tensor): back every buffer up
     # before writing any of them.
     buffers = [module.int8_buffers() for module in modules]

@@ -42,17 +42,22 @@ Added under the ComfyUI 0.33 setting (the default):
   dequantizes them: every call runs comfy-kitchen's int8 matmul, which also quantizes the
   activations per row (after rotating them). graphrun does the same
   (:mod:`graphrun.nodes.quantized_int8`), in the transformer and in the text encoder.
+* ``convrot_w4a4`` and ``asym_w4a8_int8`` (4-bit weights, two codes per int8 byte): computed at every
+  call as ComfyUI 0.33 computes them on the CPU (:mod:`graphrun.nodes.quantized_w4`): W4A4 rotates the
+  activations and quantizes them to 4 bits per row; W4A8 decodes its grouped codes (Lloyd-Max codebook
+  or ``code - 8``, times the per-group ``weight_s_rel``) to int8 once and runs as an int8 ConvRot
+  layer with the per-row ``weight_s_channel``. In the transformer and in the text encoder.
 * nvfp4 layers with a ``pre_quant_scale`` (AWQ smoothing): the layer's input is multiplied by it,
   in the input's dtype, before the (dequantized) matrix product, as ComfyUI 0.33 does.
 
 Refused, with one error that names the file, a layer and the format: under the v0.18.1 and
-2025.10 settings, the int8 formats (``int8_tensorwise``, with or without ``convrot``;
+2025.10 settings, the int8 and 4-bit formats (``int8_tensorwise``, with or without ``convrot``;
 ``convrot_w4a4``; ``asym_w4a8_int8``), which those versions fail to load too (KeyError; the message
-suggests ``--comfy 0.33``), and a ``pre_quant_scale``, which they do not read; under 0.33, the
-4-bit formats ``convrot_w4a4`` and ``asym_w4a8_int8`` (ComfyUI 0.33 runs them with comfy-kitchen's
-int4 kernels; graphrun does not implement those) and int8 layers ComfyUI could not run (a scale of
-another shape, ConvRot groups that are not a power of 4 or do not divide the inputs, non-int8
-codes); under every setting, any other format; scales of a shape ComfyUI cannot apply; scale tensors
+suggests ``--comfy 0.33``), and a ``pre_quant_scale``, which they do not read; under 0.33, int8 and
+4-bit layers ComfyUI could not run (a scale of another shape, ConvRot groups that are not a power of 4
+or do not divide the inputs, W4A8 groups ComfyUI rejects, codes not stored as int8) and a W4A8
+``weight_correction`` (ComfyUI 0.33's loader ignores it and would compute the layer without it);
+under every setting, any other format; scales of a shape ComfyUI cannot apply; scale tensors
 without the ``scaled_fp8`` marker or a ``comfy_quant`` config (ComfyUI would ignore them and load
 the weights wrong); 8-bit integer weights without a config; and any quantized tensor in a VAE file
 (ComfyUI's VAE loader applies no scales). A quantized layer must be a Linear layer, the only kind
@@ -64,7 +69,8 @@ needs as much memory as a bf16 one; keeping fp8 weights with fp8 matrix multipli
 implemented). The text encoder computes in float32 while its other weights are stored in a lower
 precision, so its quantized layers keep their compact form and are dequantized in float32 at each
 call (:class:`QuantizedLinear`), exactly as ComfyUI does, without rounding them to the storage
-dtype. int8 layers stay int8 in both (:class:`graphrun.nodes.quantized_int8.Int8Linear`).
+dtype. int8 and 4-bit layers stay so in both (:class:`graphrun.nodes.quantized_int8.Int8Linear`,
+:class:`graphrun.nodes.quantized_w4.W4A4Linear`).
 """
 from __future__ import annotations
 
@@ -77,6 +83,7 @@ import torch
 
 from ..engine.comfy.versions import DEFAULT_COMFY_VERSION, comfy_at_least
 from .quantized_int8 import Int8Linear, Int8Weight, add_pre_scale
+from .quantized_w4 import ASYM_W4A8, CONVROT_W4A4, W4A4_LINEAR_DTYPES, W4A4Linear, W4A4Weight, decode_w4a8
 from .zimage.loading import ModelLoadError
 
 #: The ``comfy_quant`` formats ComfyUI v0.18.1 can load (under every setting); graphrun dequantizes all of them.
@@ -86,10 +93,7 @@ SUPPORTED_FORMATS = ("float8_e4m3fn", "float8_e5m2", "nvfp4", "mxfp8")
 LATER_FORMATS = ("int8_tensorwise", "convrot_w4a4", "asym_w4a8_int8")
 
 #: The formats graphrun loads under the ComfyUI 0.33 setting (computed as ComfyUI 0.33 does on the CPU).
-SUPPORTED_FORMATS_033 = SUPPORTED_FORMATS + ("int8_tensorwise",)
-
-#: Formats ComfyUI 0.33 runs (with comfy-kitchen's int4 kernels) that graphrun does not implement.
-UNIMPLEMENTED_FORMATS_033 = ("convrot_w4a4", "asym_w4a8_int8")
+SUPPORTED_FORMATS_033 = SUPPORTED_FORMATS + LATER_FORMATS
 
 #: ``weight_dtype`` values of ComfyUI's UNETLoader and the storage dtype each one rounds to.
 WEIGHT_DTYPES = {
@@ -108,11 +112,15 @@ _LAYER_TENSORS = {
     "mxfp8": ("weight_scale", "input_scale"),
     "int8_tensorwise": ("weight_scale",),
 }
+# The tensors ComfyUI 0.33's loader reads for its 4-bit formats (a W4A8 'weight_correction' is taken
+# here only to be refused with a clear message).
+_W4A8_TENSORS = ("weight_s_rel", "weight_s_channel", "weight_codebook", "weight_correction")
 # ComfyUI 0.33 also reads an nvfp4 layer's AWQ-style ``pre_quant_scale``.
-_LAYER_TENSORS_033 = {**_LAYER_TENSORS, "nvfp4": _LAYER_TENSORS["nvfp4"] + ("pre_quant_scale",)}
+_LAYER_TENSORS_033 = {**_LAYER_TENSORS, "nvfp4": _LAYER_TENSORS["nvfp4"] + ("pre_quant_scale",),
+                      CONVROT_W4A4: ("weight_scale",), ASYM_W4A8: _W4A8_TENSORS}
 # Key suffixes that belong to a quantization layout, never to the model itself.
 _QUANT_SUFFIXES = ("comfy_quant", "weight_scale", "weight_scale_2", "input_scale", "scale_weight",
-                   "scale_input", "pre_quant_scale")
+                   "scale_input", "pre_quant_scale") + _W4A8_TENSORS
 _MARKER = "scaled_fp8"
 # Where ComfyUI's loaders look for the legacy marker (original file keys): the diffusion-model loader
 # at the top level and under the unet prefix, the text-encoder loader at the top level only.
@@ -210,8 +218,9 @@ class QuantizedCheckpoint:
     layout: str  # "plain", "fp8", "scaled_fp8" or "mixed"
     # Whether ComfyUI builds the model with its mixed-precision ops (any layer has a config).
     mixed: bool = False
-    # Layers ComfyUI 0.33 computes in int8 at every call (never dequantized), keyed by layer.
-    int8: dict[str, Int8Weight] = field(default_factory=dict)
+    # Layers ComfyUI 0.33 computes in int8 or 4 bits at every call (never dequantized), keyed by layer
+    # (asym_w4a8_int8 layers as the int8 layers they run as).
+    int8: dict[str, Int8Weight | W4A4Weight] = field(default_factory=dict)
     # nvfp4 layers' pre_quant_scale (ComfyUI 0.33 multiplies the layer's input by it), keyed by layer.
     pre_scales: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -303,13 +312,9 @@ def _check_format(configs: dict[str, dict[str, Any]], path: Path, what: str, com
     extra = " with ConvRot rotation" if configs[layers[0]].get("convrot") else ""
     if fmt in LATER_FORMATS and not new:
         problem = (f"uses the quantization format '{fmt}'{extra}, which {comfy} does not support (its int8 "
-                   f"formats came with ComfyUI 0.33; {comfy} fails to load this file too, with KeyError "
+                   f"and 4-bit formats came with ComfyUI 0.33; {comfy} fails to load this file too, with KeyError "
                    f"'{fmt}'). graphrun refuses it rather than load it wrong: run with the ComfyUI 0.33 setting "
                    f"(--comfy 0.33, the default) or use the bf16 or an fp8 version of the model.")
-    elif fmt in UNIMPLEMENTED_FORMATS_033:
-        problem = (f"uses the quantization format '{fmt}' (4-bit integer weights), which graphrun does not "
-                   f"implement (ComfyUI 0.33 runs it with comfy-kitchen's int4 kernels). graphrun refuses it "
-                   f"rather than compute it differently: use the int8_convrot, an fp8 or the bf16 version of the model.")
     elif fmt == "None":
         problem = f"has a 'comfy_quant' config without a 'format'; {comfy} cannot load it either."
     else:
@@ -347,6 +352,85 @@ def _int8_weight(layer: str, conf: dict[str, Any], weight: torch.Tensor, scale: 
                       f"0.33 cannot run it either.")
     return Int8Weight(layer, weight.contiguous(), scale.to(torch.float32).reshape(-1).contiguous(), convrot,
                       group if convrot else 256)
+
+
+def _conf_int(conf: dict[str, Any], name: str, default: int) -> int | None:
+    """A layer config's integer setting as ComfyUI 0.33 reads it (top level, else under ``params``)."""
+    params = conf.get("params", {})
+    params = params if isinstance(params, dict) else {}
+    try:
+        return int(conf.get(name, params.get(name, default)))
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_power_of_4(size: int | None) -> bool:
+    return size is not None and size >= 4 and not size & (size - 1) and (size.bit_length() - 1) % 2 == 0
+
+
+def _w4_weight(layer: str, conf: dict[str, Any], own: dict[str, torch.Tensor], path: Path,
+               what: str) -> Int8Weight | W4A4Weight:
+    """A ``convrot_w4a4`` or ``asym_w4a8_int8`` layer, checked the way ComfyUI 0.33's CPU kernels would
+    use it (everything they would reject, and everything that would make them compute something else,
+    is refused naming the file, the layer and the format)."""
+    fmt = conf["format"]
+    weight = own["weight"]
+    if weight.dim() != 2:
+        raise _refuse(what, path, layer, f"is quantized ('{fmt}') but its weight has shape {tuple(weight.shape)}: "
+                      f"graphrun computes 4-bit Linear layers only.")
+    if weight.dtype != torch.int8:
+        raise _refuse(what, path, layer, f"is '{fmt}' but its weight is {weight.dtype}, not int8 (two 4-bit codes "
+                      f"per byte). graphrun refuses it rather than load it wrong.")
+    rows, cols = weight.shape[0], weight.shape[1] * 2
+    group = _conf_int(conf, "convrot_groupsize", 256)
+    if not _is_power_of_4(group) or cols % group:
+        raise _refuse(what, path, layer, f"is '{fmt}' with ConvRot groups of {group!r} inputs, which its {cols} "
+                      f"inputs and ConvRot's Hadamard matrices (a power of 4 in size) do not fit; ComfyUI 0.33 "
+                      f"cannot run it either.")
+    if fmt == CONVROT_W4A4:
+        scale = own.get("weight_scale")
+        if scale is None:
+            raise _refuse(what, path, layer, f"is '{fmt}' but has no '{layer}.weight_scale'; ComfyUI 0.33 cannot "
+                          f"load it either (Missing ConvRot W4A4 weight scale).")
+        if not scale.is_floating_point() or scale.numel() != rows:
+            raise _refuse(what, path, layer, f"is '{fmt}' with a 'weight_scale' of shape {tuple(scale.shape)} and "
+                          f"dtype {scale.dtype}; its 4-bit matmul takes one floating-point scale per output row "
+                          f"({rows}). graphrun refuses it rather than load it wrong.")
+        params = conf.get("params", {})
+        params = params if isinstance(params, dict) else {}
+        linear_dtype = conf.get("linear_dtype", params.get("linear_dtype", "int4"))
+        if linear_dtype not in W4A4_LINEAR_DTYPES:
+            raise _refuse(what, path, layer, f"is '{fmt}' with linear_dtype {linear_dtype!r}; ComfyUI 0.33 accepts "
+                          f"only 'int4' or 'int8' and cannot load it either.")
+        return W4A4Weight(layer, weight.contiguous(), scale.to(torch.float32).reshape(-1).contiguous(), group)
+    if "weight_correction" in own:
+        raise _refuse(what, path, layer, f"is '{fmt}' with a 'weight_correction' (asymmetric zero points), which "
+                      f"ComfyUI 0.33's loader does not read: it would compute the layer without it, i.e. wrongly. "
+                      f"graphrun refuses it; re-export the layer symmetric (with or without a codebook).")
+    size = _conf_int(conf, "group_size", 16)
+    if size is None or size < 4 or cols % 16 or cols % size or (16 % size and size % 16):
+        raise _refuse(what, path, layer, f"is '{fmt}' with groups of {size!r} inputs for its {cols} inputs; "
+                      f"ComfyUI 0.33 needs the inputs to be a multiple of 16 and of the group size, and a group "
+                      f"size of at least 4 that divides 16 or is a multiple of 16, and cannot run it either.")
+    groups = cols // size
+    s_rel, s_channel, codebook = (own.get(f"weight_{name}") for name in ("s_rel", "s_channel", "codebook"))
+    if s_rel is not None and s_rel.dtype == torch.uint8:
+        s_rel = s_rel.view(torch.float8_e4m3fn)  # as ComfyUI reads fp8 bytes stored as uint8
+    checks = (("s_rel", s_rel, (rows, groups), "one scale per row and group"),
+              ("s_channel", s_channel, (rows,), "one scale per output row"))
+    for name, value, shape, meaning in checks:
+        if value is None:
+            raise _refuse(what, path, layer, f"is '{fmt}' but has no '{layer}.weight_{name}'; ComfyUI 0.33 cannot "
+                          f"load it either.")
+        if not value.is_floating_point() or tuple(value.shape) != shape:
+            raise _refuse(what, path, layer, f"is '{fmt}' with a 'weight_{name}' of shape {tuple(value.shape)} and "
+                          f"dtype {value.dtype}; ComfyUI 0.33 needs {shape} ({meaning}) and cannot run it either.")
+    if codebook is not None and (not codebook.is_floating_point() or tuple(codebook.shape) != (16,)):
+        raise _refuse(what, path, layer, f"is '{fmt}' with a 'weight_codebook' of shape {tuple(codebook.shape)} "
+                      f"and dtype {codebook.dtype}; ComfyUI 0.33 needs 16 floating-point levels and cannot run "
+                      f"it either.")
+    assert s_rel is not None and s_channel is not None
+    return decode_w4a8(layer, weight, s_rel, s_channel, codebook, size, group)
 
 
 def _single_scale(value: torch.Tensor | None, name: str, layer: str, fmt: str, path: Path,
@@ -436,7 +520,7 @@ def read_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, kind: 
     _check_format(configs, path, what, comfy_version)
     tables = _LAYER_TENSORS_033 if comfy_at_least(comfy_version, "0.33") else _LAYER_TENSORS
     quantized: dict[str, QuantizedWeight] = {}
-    int8: dict[str, Int8Weight] = {}
+    int8: dict[str, Int8Weight | W4A4Weight] = {}
     pre_scales: dict[str, torch.Tensor] = {}
     for layer, conf in sorted(configs.items()):
         allowed = ("weight",) + tables[conf["format"]]
@@ -449,6 +533,8 @@ def read_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, kind: 
                 raise _refuse(what, path, layer, f"is quantized ('int8_tensorwise') but its weight has shape "
                               f"{tuple(weight.shape)}: graphrun computes int8 Linear layers only.")
             int8[layer] = _int8_weight(layer, conf, weight, own.get("weight_scale"), path, what)
+        elif conf["format"] in (CONVROT_W4A4, ASYM_W4A8):
+            int8[layer] = _w4_weight(layer, conf, own, path, what)
         else:
             quantized[layer] = _quantized_weight(layer, conf, own, path, what)
     # Weight scales first: they are what makes a file load wrong when ignored.
@@ -543,7 +629,7 @@ def dequantize_checkpoint(state: dict[str, torch.Tensor], info: Any, what: str, 
                                       comfy_version=comfy_version)
     live = sorted(checkpoint.int8) + sorted(checkpoint.pre_scales)
     if live:
-        raise _refuse(what, Path(info.path), live[0], "is computed in int8 or with a pre_quant_scale by ComfyUI; this "
+        raise _refuse(what, Path(info.path), live[0], "is computed in int8, in 4 bits or with a pre_quant_scale by ComfyUI; this "
                       "model's loader cannot hold such layers. graphrun refuses it rather than load it wrong.",
                       len(live) - 1)
     return out
@@ -616,7 +702,7 @@ def _same_name(layer: str, rows: int | None) -> list[tuple[str, int, int]]:
 
 
 def install_quantized_linears(model: torch.nn.Module, quantized: dict[str, QuantizedWeight], path: str | Path,
-                              what: str, *, int8: dict[str, Int8Weight] | None = None,
+                              what: str, *, int8: dict[str, Int8Weight | W4A4Weight] | None = None,
                               pre_scales: dict[str, torch.Tensor] | None = None, targets: Targets = None) -> None:
     """Install the quantized layers in ``model``: ``quantized`` as :class:`QuantizedLinear`
     (dequantized at each call; the text encoder), ``int8`` as :class:`Int8Linear` (ComfyUI 0.33's int8
@@ -634,9 +720,10 @@ def install_quantized_linears(model: torch.nn.Module, quantized: dict[str, Quant
     for layer, weight, rows in layers:
         for name, start, stop in where(layer, rows):
             module = _linear_at(model, name, layer, path, what, getattr(weight, "format", "int8_tensorwise"))
-            if isinstance(weight, Int8Weight):
+            if isinstance(weight, (Int8Weight, W4A4Weight)):
                 part = weight.rows(start, stop) if (start, stop) != (0, rows) else weight
-                replacement: torch.nn.Module = Int8Linear(part, module.bias)
+                replacement: torch.nn.Module = (Int8Linear(part, module.bias) if isinstance(part, Int8Weight)
+                                                else W4A4Linear(part, module.bias))
             else:
                 if (start, stop) != (0, rows):
                     raise _refuse(what, path, layer, f"is quantized ('{weight.format}') and split across several "
@@ -671,13 +758,48 @@ def _replace(model: torch.nn.Module, name: str, module: torch.nn.Module) -> None
     setattr(parent, child, module)
 
 
-def logical_shapes(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str]) -> dict[str, tuple[int, ...]]:
+def packed_int4_layers(path: str | Path, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str],
+                       metadata: dict[str, str] | None) -> set[str]:
+    """The layers of a file whose int8 weight holds two 4-bit codes per byte (``convrot_w4a4`` and
+    ``asym_w4a8_int8``), from the header and the small ``comfy_quant`` tensors only (an int8 weight
+    with a ``weight_scale`` may also be ``int8_tensorwise``, so the config decides)."""
+    candidates = {key[: -len(".weight")] for key, dtype in dtypes.items()
+                  if dtype == "I8" and key.endswith(".weight") and len(shapes.get(key, ())) == 2}
+    packed = {layer for layer in candidates if f"{layer}.weight_s_rel" in shapes}
+    formats: dict[str, Any] = {}
+    try:
+        layers = json.loads((metadata or {}).get(_METADATA_KEY, "{}")).get("layers", {})
+        formats.update({name: conf.get("format") for name, conf in layers.items() if isinstance(conf, dict)})
+    except (ValueError, AttributeError):
+        pass  # read_checkpoint reports an unreadable header
+    pending = [layer for layer in candidates - packed
+               if layer not in formats and f"{layer}.comfy_quant" in shapes]
+    if pending:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            for layer in pending:
+                try:
+                    conf = json.loads(handle.get_tensor(f"{layer}.comfy_quant").numpy().tobytes())
+                except (ValueError, UnicodeDecodeError):
+                    continue  # read_checkpoint reports it
+                if isinstance(conf, dict):
+                    formats[layer] = conf.get("format")
+    packed |= {layer for layer in candidates if formats.get(layer) in (CONVROT_W4A4, ASYM_W4A8)}
+    return packed
+
+
+def logical_shapes(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str],
+                   packed: set[str] | frozenset[str] = frozenset()) -> dict[str, tuple[int, ...]]:
     """Tensor shapes as the model sees them: an nvfp4 weight (packed uint8 with a
-    ``weight_scale_2`` beside it) has twice the columns it is stored with. ``dtypes`` are
+    ``weight_scale_2`` beside it) and the int8 weights of the ``packed`` layers (4-bit codes, see
+    :func:`packed_int4_layers`) have twice the columns they are stored with. ``dtypes`` are
     safetensors dtype names (``"U8"``, ...)."""
     out = dict(shapes)
     for key, shape in shapes.items():
         layer, suffix = _layer_of(key)
-        if suffix == "weight" and dtypes.get(key) == "U8" and f"{layer}.weight_scale_2" in shapes and len(shape) == 2:
+        if suffix != "weight" or len(shape) != 2:
+            continue
+        if (dtypes.get(key) == "U8" and f"{layer}.weight_scale_2" in shapes) or layer in packed:
             out[key] = (shape[0], shape[1] * 2)
     return out

@@ -37,8 +37,12 @@ from __future__ import annotations
 import functools
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .quantized_w4 import W4A8Params
 
 
 @functools.lru_cache(maxsize=16)
@@ -117,13 +121,17 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tenso
 @dataclass(frozen=True)
 class Int8Weight:
     """One Linear layer's ``int8_tensorwise`` weight: int8 (out, in) codes, the float32 scale (one
-    value or one per row, flattened) and the ConvRot setting."""
+    value or one per row, flattened) and the ConvRot setting. ``format`` is the file's format: an
+    ``asym_w4a8_int8`` layer runs as an int8 ConvRot layer too (``graphrun.nodes.quantized_w4``)."""
 
     layer: str
     data: torch.Tensor
     scale: torch.Tensor
     convrot: bool
     group_size: int
+    format: str = "int8_tensorwise"
+    # For an asym_w4a8_int8 layer, what requantizing it after a LoRA patch needs.
+    w4a8: W4A8Params | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -134,7 +142,7 @@ class Int8Weight:
         output only depends on its own row, so the parts compute exactly what the whole does)."""
         scale = self.scale if self.scale.numel() == 1 else self.scale[start:stop]
         return Int8Weight(self.layer, self.data[start:stop].contiguous(), scale.contiguous(), self.convrot,
-                          self.group_size)
+                          self.group_size, self.format, self.w4a8)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The weight as floats (for inspection and LoRA math; ComfyUI never computes with it)."""
@@ -160,6 +168,8 @@ class Int8Linear(torch.nn.Module):
         self.layer = weight.layer
         self.convrot = weight.convrot
         self.group_size = weight.group_size
+        self.format = weight.format
+        self.w4a8 = weight.w4a8
         self.register_buffer("q_data", weight.data.contiguous(), persistent=False)
         self.register_buffer("q_scale", weight.scale.to(torch.float32).contiguous().view(torch.int32),
                              persistent=False)
@@ -177,7 +187,8 @@ class Int8Linear(torch.nn.Module):
         return self.bias.dtype if self.bias is not None else torch.float32
 
     def int8_weight(self) -> Int8Weight:
-        return Int8Weight(self.layer, self.q_data, self.q_scale.view(torch.float32), self.convrot, self.group_size)
+        return Int8Weight(self.layer, self.q_data, self.q_scale.view(torch.float32), self.convrot, self.group_size,
+                          self.format, self.w4a8)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return self.int8_weight().dequantize(dtype)
@@ -193,7 +204,7 @@ class Int8Linear(torch.nn.Module):
 
     def extra_repr(self) -> str:
         rot = f", convrot={self.group_size}" if self.convrot else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, format=int8_tensorwise{rot}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, format={self.format}{rot}"
 
 
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

@@ -35,14 +35,14 @@ TEMPLATES = Path(__file__).parent / "data" / "comfy" / "templates"
 WORKFLOWS = sorted(p.parent.name for p in REF.glob("*/workflow.api.json"))
 
 
-def int8_models_dir(root: Path) -> Path:
+def int8_models_dir(root: Path, files: Path = REF / "files.json") -> Path:
     """``root`` as a ComfyUI models folder with the tiny float files and their quantized copies, checked
     against the content hashes of the files ComfyUI ran."""
     for rel in (COMFY_TRANSFORMER, COMFY_TEXT_ENCODER, COMFY_VAE):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tiny_comfy_dir() / rel, root / rel)
     write_quantized_files(root)
-    recorded = json.loads((REF / "files.json").read_text())
+    recorded = json.loads(files.read_text())
     for rel, digest in recorded.items():
         assert content_sha256(root / rel) == digest, f"{rel} differs from the files ComfyUI ran"
     return root
@@ -79,7 +79,7 @@ def test_int8_linear_equals_comfy_kitchen_bit_for_bit():
         assert case["max_abs_diff_vs_float_linear_on_dequantized_weight"] > 0.05
 
 
-def _layer_outputs(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+def layer_outputs(model: torch.nn.Module, layer: str, x: torch.Tensor, kind: type = Int8Linear) -> torch.Tensor:
     """The model's output for a file layer: the layer itself, or its split parts side by side."""
     modules = dict(model.named_modules())
     if layer in modules:
@@ -88,7 +88,7 @@ def _layer_outputs(model: torch.nn.Module, layer: str, x: torch.Tensor) -> torch
         base = layer.rsplit(".", 1)[0]
         parts = ([modules[f"{base}.to_{p}"] for p in "qkv"] if layer.endswith(".qkv")
                  else [modules[f"{base}.to_out.0"]])
-    assert all(isinstance(m, Int8Linear) for m in parts), layer
+    assert all(isinstance(m, kind) for m in parts), layer
     return torch.cat([m(x) for m in parts], dim=-1)
 
 
@@ -107,7 +107,7 @@ def test_every_int8_layer_gives_comfyuis_output_on_comfyuis_activations(models, 
     for call in calls:
         layer = call["layer"].removeprefix("model.")
         with torch.no_grad():
-            out = _layer_outputs(model, layer, tensors[f"{call['index']}.x"])
+            out = layer_outputs(model, layer, tensors[f"{call['index']}.x"])
         assert torch.equal(out, tensors[f"{call['index']}.out"]), layer
         groups.add(call["convrot_groupsize"] if call["convrot"] else 0)
     assert groups == ({0, 64, 256} if kind == "transformer" else {16})
@@ -117,18 +117,21 @@ def test_every_int8_layer_gives_comfyuis_output_on_comfyuis_activations(models, 
 # Whole workflows, against real ComfyUI 0.33's PNGs
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", WORKFLOWS)
-def test_workflow_matches_comfyui_033(models, name, tmp_path):
-    folder = REF / name
-    [png] = run(folder / "workflow.api.json", models, tmp_path)
+def assert_runs_like_comfyui(folder: Path, models: Path, out: Path) -> None:
+    """The folder's workflow run by graphrun gives the folder's PNG within the pixel criterion. It holds for
+    int8 and 4-bit transformers too: graphrun's Z-Image forwards compute in ComfyUI's order of operations
+    (nodes/zimage/comfy_forward.py, ...), so every quantized layer sees ComfyUI's activations bit for bit."""
+    [png] = run(folder / "workflow.api.json", models, out)
     [reference] = sorted(folder.glob("*.png"))
     assert png.name == reference.name
     diff = np.abs(pixels(reference) - pixels(png))
     identical, worst = float((diff == 0).mean()), int(diff.max())
-    # The usual criterion, int8 transformers included: graphrun's Z-Image forward computes in NextDiT's
-    # order of operations (nodes/zimage/comfy_forward.py), so every int8 layer sees ComfyUI's activations
-    # bit for bit (measured: 99.997-99.999 % identical, max diff 1).
-    assert identical >= 0.999 and worst <= 2, f"{name}: {identical:.4%} identical, max diff {worst}"
+    assert identical >= 0.999 and worst <= 2, f"{folder.name}: {identical:.4%} identical, max diff {worst}"
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_matches_comfyui_033(models, name, tmp_path):
+    assert_runs_like_comfyui(REF / name, models, tmp_path)
 
 
 @pytest.mark.parametrize("comfy", ["0.18.1", "2025.10"])
@@ -147,7 +150,7 @@ def test_older_settings_refuse_int8_files_as_those_versions_fail_on_them(models,
 # Refusals: one message naming the file, the layer and the format
 # ---------------------------------------------------------------------------------------------
 
-def _edited(models: Path, tmp_path: Path, edit, source: str = "diffusion_models/z_image_turbo_int8.safetensors") -> Path:
+def edited_file(models: Path, tmp_path: Path, edit, source: str = "diffusion_models/z_image_turbo_int8.safetensors") -> Path:
     state = load_file(str(models / source))
     edit(state)
     path = tmp_path / "edited.safetensors"
@@ -164,13 +167,11 @@ def _refused(path: Path, *words: str, comfy: str | None = None) -> str:
 LAYER = "layers.0.attention.out"
 
 
-@pytest.mark.parametrize("fmt, words", [
-    ("convrot_w4a4", ("does not implement", "int4 kernels")),
-    ("asym_w4a8_int8", ("does not implement", "int4 kernels")),
+@pytest.mark.parametrize("fmt, words", [  # the 4-bit formats load: tests/test_quantized_w4.py
     ("int3_made_up", ("does not know", "int8_tensorwise")),
 ])
 def test_other_formats_are_refused(models, tmp_path, fmt, words):
-    path = _edited(models, tmp_path, lambda s: s.__setitem__(f"{LAYER}.comfy_quant", comfy_quant({"format": fmt})))
+    path = edited_file(models, tmp_path, lambda s: s.__setitem__(f"{LAYER}.comfy_quant", comfy_quant({"format": fmt})))
     _refused(path, f"layer '{LAYER}'", f"'{fmt}'", *words)
 
 
@@ -187,7 +188,7 @@ def test_other_formats_are_refused(models, tmp_path, fmt, words):
      ("'input_scale' tensor", "'int8_tensorwise' does not use")),
 ])
 def test_malformed_int8_layers_are_refused(models, tmp_path, problem, edit, words):
-    _refused(_edited(models, tmp_path, edit), f"layer '{LAYER}'", *words)
+    _refused(edited_file(models, tmp_path, edit), f"layer '{LAYER}'", *words)
 
 
 def test_the_v0181_setting_names_the_format_and_the_fix(models):
@@ -226,7 +227,7 @@ def test_nvfp4_pre_quant_scale_multiplies_the_input_under_033_and_is_refused_und
         state[f"{layer}.pre_quant_scale"] = pre
         state[f"{layer}.comfy_quant"] = comfy_quant({"format": "nvfp4"})
 
-    path = _edited(models, tmp_path, edit, COMFY_TRANSFORMER)
+    path = edited_file(models, tmp_path, edit, COMFY_TRANSFORMER)
     model = load_transformer_file(path, "cpu", "fp32")
     module = model.get_submodule(layer)
     weight = (e2m1[codes.long()].reshape(rows, cols // 16, 16) * (tensor_scale * block.float()).unsqueeze(-1)).reshape(rows, cols)

@@ -195,7 +195,7 @@ def _check_file(path: str | os.PathLike[str], what: str, example: str) -> Path:
 
 def _inspect(path: Path, what: str) -> _FileInfo:
     """The file's tensor shapes and metadata, from its header alone (see ``read_safetensors_header``)."""
-    from ..quantized import logical_shapes
+    from ..quantized import logical_shapes, packed_int4_layers
 
     try:
         header = read_safetensors_header(path)
@@ -204,7 +204,8 @@ def _inspect(path: Path, what: str) -> _FileInfo:
     if not header.shapes:
         raise ModelLoadError(f"{what} {path} contains no tensors; expected {_KIND_NAMES.get(what, what)}.")
     # Packed 4-bit weights: the architecture is inferred from the shapes the model sees.
-    return _FileInfo(path, logical_shapes(header.shapes, header.dtypes), header.metadata)
+    packed = packed_int4_layers(path, header.shapes, header.dtypes, header.metadata)
+    return _FileInfo(path, logical_shapes(header.shapes, header.dtypes, packed), header.metadata)
 
 
 def _describe(shapes: dict[str, tuple[int, ...]]) -> str:

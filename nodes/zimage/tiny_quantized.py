@@ -21,9 +21,18 @@ The layout is that of ComfyUI's mixed-precision state dicts: per quantized Linea
   the same rotation, so the product is unchanged;
 * ``float8_e4m3fn``: one scale ``absmax / 448``, ``w / scale`` cast to float8_e4m3fn.
 
-Layers whose input size the rotation group does not divide are quantized without rotation (the
-tiny model's ``feed_forward.w2`` has 170 inputs); embeddings and norms stay float, as in the
-released files.
+* ``convrot_w4a4`` (4-bit, no template uses it for Z-Image, so the files are named after the format):
+  the rotated weight quantized per row, ``scale = absmax / 7``, ``round(w / scale)`` in [-7, 7], two
+  signed codes per int8 byte (even input in the low nibble); ``weight_scale`` float32 ``(out,)``;
+* ``asym_w4a8_int8`` (symmetric, as ComfyUI's own quantizer writes it by default): the rotated weight in
+  groups of ``group_size`` inputs; with a codebook (16 float32 levels, ``weight_codebook``) each value
+  gets the nearest level of ``w / amax(|group|)``, else ``round(w / (amax / 7))`` in [-8, 7] stored as
+  ``code + 8``; ``weight_s_channel = amax(|decoded row|) / 127`` (float32 ``(out,)``) and
+  ``weight_s_rel = group scale / s_channel`` as float8_e4m3fn ``(out, in / group_size)``.
+
+Layers whose input size the rotation group does not divide are quantized without rotation in int8
+(the tiny model's ``feed_forward.w2`` has 170 inputs) and left float in the 4-bit files; embeddings
+and norms stay float, as in the released files.
 """
 from __future__ import annotations
 
@@ -41,6 +50,12 @@ INT8_CONVROT_BASE = "diffusion_models/z_image_int8_convrot.safetensors"
 INT8_TENSORWISE_TURBO = "diffusion_models/z_image_turbo_int8.safetensors"
 FP8_MIXED_TEXT_ENCODER = "text_encoders/qwen_3_4b_fp8_mixed.safetensors"
 INT8_CONVROT_TEXT_ENCODER = "text_encoders/qwen_3_4b_int8_convrot.safetensors"
+W4A4_TURBO = "diffusion_models/z_image_turbo_convrot_w4a4.safetensors"
+W4A8_TURBO = "diffusion_models/z_image_turbo_asym_w4a8.safetensors"
+W4A4_TEXT_ENCODER = "text_encoders/qwen_3_4b_convrot_w4a4.safetensors"
+W4A8_TEXT_ENCODER = "text_encoders/qwen_3_4b_asym_w4a8.safetensors"
+#: The 16 codebook levels of the tiny W4A8 files (any sorted table of 16 values in [-1, 1] is valid).
+W4A8_CODEBOOK = tuple(round(-1.0 + 2.0 * i / 15, 6) for i in range(16))
 
 # Which 2-D weights get quantized: the transformer blocks' Linear layers and the timestep MLP
 # (the text encoder: every projection of its decoder layers).
@@ -75,6 +90,53 @@ def quantize_int8_convrot(weight: torch.Tensor, group_size: int) -> tuple[torch.
     return _round_int8(rotated / scale.double()), scale
 
 
+def _rotated(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The weight rotated group-wise in float64 (exact: the entries are ±2**-k)."""
+    rows, cols = weight.shape
+    h = hadamard(group_size, torch.float64)
+    return torch.matmul(weight.double().reshape(rows, cols // group_size, group_size), h.T).reshape(rows, cols)
+
+
+def quantize_w4a4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``convrot_w4a4`` packed codes (int8, ``(out, in / 2)``) and the float32 row scales ``(out,)``."""
+    from ..quantized_w4 import pack_nibbles
+
+    rotated = _rotated(weight, group_size)
+    scale = (rotated.abs().amax(dim=-1, keepdim=True).float() / 7.0).clamp(min=1e-10)
+    codes = (rotated / scale.double()).round().clamp(-7, 7).to(torch.int32)
+    return pack_nibbles(codes), scale.reshape(-1)
+
+
+def quantize_w4a8(weight: torch.Tensor, group_size: int, convrot_groupsize: int,
+                  codebook: bool) -> dict[str, torch.Tensor]:
+    """``asym_w4a8_int8`` tensors (suffixes ``""``, ``_s_rel``, ``_s_channel`` and, with a codebook,
+    ``_codebook``) of the symmetric layout, see the module docstring."""
+    from ..quantized_w4 import pack_nibbles
+
+    rotated = _rotated(weight, convrot_groupsize)
+    rows, cols = rotated.shape
+    grouped = rotated.reshape(rows, cols // group_size, group_size)
+    amax = grouped.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8)
+    if codebook:
+        levels = torch.tensor(W4A8_CODEBOOK, dtype=torch.float64)
+        codes = (grouped / amax).unsqueeze(-1).sub(levels).abs().argmin(dim=-1)
+        group_scale = amax
+        decoded = levels[codes] * group_scale
+        unsigned = codes
+    else:
+        group_scale = (amax / 7.0).clamp(min=1e-8)
+        signed = (grouped / group_scale).round().clamp(-8, 7)
+        decoded = signed * group_scale
+        unsigned = signed + 8
+    s_channel = (decoded.abs().amax(dim=(1, 2)) / 127.0).clamp(min=1e-8).float()
+    s_rel = (group_scale.squeeze(-1) / s_channel.double().unsqueeze(1)).float().to(torch.float8_e4m3fn)
+    out = {"": pack_nibbles(unsigned.reshape(rows, cols)), "_s_rel": s_rel.contiguous(),
+           "_s_channel": s_channel.contiguous()}
+    if codebook:
+        out["_codebook"] = torch.tensor(W4A8_CODEBOOK, dtype=torch.float32)
+    return out
+
+
 def quantize_fp8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """float8_e4m3fn values and the float32 per-tensor scale (``absmax / 448``)."""
     scale = weight.abs().max().float() / torch.finfo(torch.float8_e4m3fn).max
@@ -92,7 +154,9 @@ def quantize_state(state: dict[str, torch.Tensor], fmt: str, layers: tuple[str, 
 
     ``fmt`` is ``"int8_tensorwise"``, ``"int8_convrot"`` (int8_tensorwise with ConvRot in groups of
     ``group_size``, falling back to the largest power of 4 that divides the layer's inputs, or no
-    rotation when none does) or ``"float8_e4m3fn"``.
+    rotation when none does), ``"float8_e4m3fn"``, ``"convrot_w4a4"``, ``"asym_w4a8_codebook"`` or
+    ``"asym_w4a8"`` (the 4-bit ones with the same choice of rotation group, leaving layers float that no
+    group fits; W4A8 in groups of 16 inputs).
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in sorted(state.items()):
@@ -100,6 +164,21 @@ def quantize_state(state: dict[str, torch.Tensor], fmt: str, layers: tuple[str, 
             out[key] = value
             continue
         layer = key.removesuffix(".weight")
+        size = _group_for(value.shape[1], group_size)
+        if fmt in ("convrot_w4a4", "asym_w4a8", "asym_w4a8_codebook"):
+            if not size or value.shape[1] % 16:
+                out[key] = value
+                continue
+            if fmt == "convrot_w4a4":
+                data, scale = quantize_w4a4(value, size)
+                out[key], out[f"{layer}.weight_scale"] = data.contiguous(), scale.contiguous()
+                out[f"{layer}.comfy_quant"] = comfy_quant({"format": "convrot_w4a4", "convrot_groupsize": size})
+            else:
+                for suffix, tensor in quantize_w4a8(value, 16, size, fmt == "asym_w4a8_codebook").items():
+                    out[f"{key}{suffix}"] = tensor
+                out[f"{layer}.comfy_quant"] = comfy_quant({"format": "asym_w4a8_int8", "group_size": 16,
+                                                           "convrot_groupsize": size})
+            continue
         if fmt == "float8_e4m3fn":
             data, scale = quantize_fp8(value)
             config: dict[str, object] = {"format": "float8_e4m3fn"}
@@ -145,7 +224,8 @@ def write_quantized_files(comfy_dir: str | Path) -> list[Path]:
     (``diffusion_models/z_image_turbo_bf16.safetensors``, ``text_encoders/qwen_3_4b.safetensors``).
 
     The transformer's ConvRot groups are 256 inputs where they fit (the timestep MLP), else 64 (the
-    blocks, whose inputs are 64 wide); the text encoder's 16 (its inputs are 32 and 64 wide).
+    blocks, whose inputs are 64 wide); the text encoder's 16 (its inputs are 32 and 64 wide). The 4-bit
+    files: W4A4 and W4A8 (with a codebook) transformers, W4A4 and W4A8 (without) text encoders.
     """
     root = Path(comfy_dir)
     transformer = root / "diffusion_models/z_image_turbo_bf16.safetensors"
@@ -156,6 +236,10 @@ def write_quantized_files(comfy_dir: str | Path) -> list[Path]:
         _rewrite(transformer, root / INT8_TENSORWISE_TURBO, "int8_tensorwise", _TRANSFORMER_LAYERS, 256),
         _rewrite(text_encoder, root / FP8_MIXED_TEXT_ENCODER, "float8_e4m3fn", _TEXT_ENCODER_LAYERS, 256),
         _rewrite(text_encoder, root / INT8_CONVROT_TEXT_ENCODER, "int8_convrot", _TEXT_ENCODER_LAYERS, 16),
+        _rewrite(transformer, root / W4A4_TURBO, "convrot_w4a4", _TRANSFORMER_LAYERS, 256),
+        _rewrite(transformer, root / W4A8_TURBO, "asym_w4a8_codebook", _TRANSFORMER_LAYERS, 256),
+        _rewrite(text_encoder, root / W4A4_TEXT_ENCODER, "convrot_w4a4", _TEXT_ENCODER_LAYERS, 16),
+        _rewrite(text_encoder, root / W4A8_TEXT_ENCODER, "asym_w4a8", _TEXT_ENCODER_LAYERS, 16),
     ]
     return written
 
