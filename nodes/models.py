@@ -141,9 +141,27 @@ def file_check(input_name: str, kind: str, allow_pickle: bool = False):
         problem = model_file_problem(path, allow_pickle=allow_pickle)
         if problem:
             return [Problem(input_name, f"{kind} file '{name}' cannot be loaded: {problem}", None)]
+        if kind in ("diffusion_models", "text_encoders") and _has_quantized_layers(path):
+            from .quantized import format_problem
+
+            what = "Z-Image transformer file" if kind == "diffusion_models" else "Text encoder file"
+            problem = format_problem(path, what, env.comfy_version)
+            if problem:
+                return [Problem(input_name, problem, None)]
         return []
 
     return check
+
+
+def _has_quantized_layers(path: Path) -> bool:
+    """Whether a safetensors file declares ``comfy_quant`` layers (header only, no torch)."""
+    from .model_files import ModelFileError, read_safetensors_header
+
+    try:
+        header = read_safetensors_header(path)
+    except ModelFileError:
+        return False
+    return "_quantization_metadata" in header.metadata or any(k.endswith(".comfy_quant") for k in header.dtypes)
 
 
 #: The CLIPLoader types the editor offers: ComfyUI v0.18.1's list but flux2. For a Qwen3-4B file ComfyUI builds

@@ -293,6 +293,33 @@ def _layer_configs(state: dict[str, torch.Tensor], metadata: dict[str, str], pre
     return configs, layout
 
 
+def format_problem(path: str | Path, what: str, comfy_version: str) -> str | None:
+    """Why the ``comfy_version`` setting refuses the quantized layers of a safetensors file (a format that
+    setting's ComfyUI does not know, e.g. int8 under v0.18.1), read from the header and the small
+    ``comfy_quant`` tensors only, or None: the validation-time form of the loader's format check."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    configs: dict[str, dict[str, Any]] = {}
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+            if _METADATA_KEY in metadata:
+                layers = json.loads(metadata[_METADATA_KEY])["layers"]
+                configs = {name: _parse_config(conf, name, path, what) for name, conf in layers.items()}
+            else:
+                for key in handle.keys():
+                    if key.endswith(".comfy_quant"):
+                        layer = key[: -len(".comfy_quant")]
+                        configs[layer] = _parse_config(handle.get_tensor(key), layer, path, what)
+        _check_format(configs, path, what, comfy_version)
+    except ModelLoadError as exc:
+        return str(exc)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # damage the header check reports, or that loading reports with its context
+    return None
+
+
 def _comfy_name(comfy_version: str) -> str:
     return {"0.18.1": "ComfyUI v0.18.1", "2025.10": "ComfyUI of October 2025"}.get(comfy_version,
                                                                                  f"ComfyUI {comfy_version}")

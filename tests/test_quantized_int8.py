@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 
 import graphrun
 from graphrun.engine.context import RunOptions
-from graphrun.engine.executor import NodeFailed, Runner
+from graphrun.engine.diagnostics import GraphError
+from graphrun.engine.executor import Runner
 from graphrun.nodes.quantized_int8 import Int8Linear, int8_linear
 from graphrun.nodes.zimage.loading import load_text_encoder_file, load_transformer_file
 from graphrun.nodes.zimage.tiny import COMFY_TEXT_ENCODER, COMFY_TRANSFORMER, COMFY_VAE, tiny_comfy_dir
@@ -137,7 +138,8 @@ def test_workflow_matches_comfyui_033(models, name, tmp_path):
 @pytest.mark.parametrize("comfy", ["0.18.1", "2025.10"])
 @pytest.mark.parametrize("name", ["q1_int8_convrot", "q3_text_encoder_int8_convrot"])
 def test_older_settings_refuse_int8_files_as_those_versions_fail_on_them(models, name, comfy, tmp_path):
-    with pytest.raises(NodeFailed) as err:
+    """Refused at validation, before anything loads: one GR018 error naming the loader's input and the file."""
+    with pytest.raises(GraphError) as err:
         run(REF / name / "workflow.api.json", models, tmp_path, comfy=comfy)
     message = str(err.value)
     file = "z_image_turbo_int8_convrot.safetensors" if name.startswith("q1") else "qwen_3_4b_int8_convrot.safetensors"

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from graphrun.engine.executor import NodeFailed
+from graphrun.engine.diagnostics import GraphError
 from graphrun.nodes.lora import load_lora, patched
 from graphrun.nodes.quantized_int8 import Int8Linear
 from graphrun.nodes.quantized_w4 import W4A4Linear, pack_nibbles, unpack_nibbles
@@ -95,7 +95,8 @@ def test_workflow_matches_comfyui_033(models, name, tmp_path):
     ("w4_text_encoder_asym_w4a8", "qwen_3_4b_asym_w4a8.safetensors", "asym_w4a8_int8"),
 ])
 def test_older_settings_refuse_4bit_files_as_those_versions_fail_on_them(models, name, file, fmt, comfy, tmp_path):
-    with pytest.raises(NodeFailed) as err:
+    """Refused at validation, before anything loads: one GR018 error naming the loader's input and the file."""
+    with pytest.raises(GraphError) as err:
         run(REF / name / "workflow.api.json", models, tmp_path, comfy=comfy)
     message = str(err.value)
     for word in (file, f"'{fmt}'", "KeyError", "--comfy 0.33", "layer '"):
