@@ -17,7 +17,7 @@ import pytest
 
 import graphrun
 from graphrun.engine.context import RunOptions
-from graphrun.engine.executor import NodeFailed, Runner
+from graphrun.engine.executor import Runner
 from test_comfy_pipeline import PIPELINE, pixel_agreement
 
 ER_SDE = Path(__file__).parent / "data" / "comfy" / "v0.33" / "er_sde"
