@@ -26,7 +26,7 @@ from graphrun.engine.comfy.specs import (
 from graphrun.engine.comfy.api_to_ui import api_to_ui
 from graphrun.engine.comfy.ui_to_api import ui_to_api
 from graphrun.engine.node import Comfy, NodeDeclarationError, builtin_registry, make_registry, node
-from graphrun.engine.serve.object_info import FRONTEND_ONLY, node_info, object_info
+from graphrun.engine.serve.object_info import FRONTEND_ONLY, TITLES_033, node_info, object_info
 from graphrun.nodes import model_files
 from graphrun.nodes.model_files import list_model_files, model_folder_names
 from graphrun.nodes.sampling.registry import sampler_names, scheduler_names
@@ -120,7 +120,7 @@ def test_ksampler_has_comfyuis_widget_options_and_input_order(info):
                                                  "positive", "negative", "latent_image", "denoise"]}
     assert (entry["output"], entry["output_name"], entry["output_is_list"]) == (["LATENT"], ["LATENT"], [False])
     assert (entry["name"], entry["display_name"], entry["category"], entry["python_module"], entry["output_node"]) == (
-        "KSampler", "KSampler", "sampling", "nodes", False)
+        "KSampler", "KSampler", "model/sampling", "nodes", False)  # 0.33's folder (v0.18.1: "sampling")
     assert entry["description"] == "Denoise a latent (ComfyUI KSampler semantics)."
     advanced = info["KSamplerAdvanced"]
     assert widget(advanced, "cfg")[1]["step"] == 0.1 and widget(info["CFGGuider"], "cfg")[1]["step"] == 0.1
@@ -181,8 +181,15 @@ COMFYUI_TITLES = {
 
 
 def test_display_names_and_categories_are_comfyuis(info):
+    """v0.18.1's titles and node-library folders under that setting; 0.33's (which moved the model nodes
+    under ``model/`` and renamed a few: real ComfyUI de6b062f's /object_info) under the default."""
     assert set(COMFYUI_TITLES) == set(builtin_registry().comfy_index())  # a new mapping needs its row here
-    assert {c: (info[c]["display_name"], info[c]["category"]) for c in COMFYUI_TITLES} == COMFYUI_TITLES
+    old = object_info(builtin_registry(), fake_files, "0.18.1")
+    assert {c: (old[c]["display_name"], old[c]["category"]) for c in COMFYUI_TITLES} == COMFYUI_TITLES
+    current = {c: TITLES_033.get(c, titles) for c, titles in COMFYUI_TITLES.items()}
+    assert {c: (info[c]["display_name"], info[c]["category"]) for c in COMFYUI_TITLES} == current
+    assert current["KSampler"] == ("KSampler", "model/sampling")
+    assert current["ConditioningZeroOut"] == ("Conditioning Zero Out", "model/conditioning/transform")
     # graphrun's own categories stay graphrun's (`graphrun nodes`), and its own types keep their names
     assert builtin_registry().get("LoadDiffusionModel").category == "loaders"
     assert (info["LoadZImage"]["display_name"], info["LoadZImage"]["category"]) == ("LoadZImage", "loaders")

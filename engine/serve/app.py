@@ -353,7 +353,8 @@ def _routes(server: Server) -> web.RouteTableDef:
         from .object_info import object_info as build
 
         info = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: build(server.registry, lambda folder: server.folder_files(folder) or []))
+            None, lambda: build(server.registry, lambda folder: server.folder_files(folder) or [],
+                                server.comfy_version))
         return web.json_response(info)
 
     @routes.get("/object_info/{node_class}")
@@ -361,7 +362,8 @@ def _routes(server: Server) -> web.RouteTableDef:
         from .object_info import node_info
 
         class_type = request.match_info["node_class"]
-        info = node_info(server.registry, class_type, lambda folder: server.folder_files(folder) or [])
+        info = node_info(server.registry, class_type, lambda folder: server.folder_files(folder) or [],
+                         server.comfy_version)
         return web.json_response({class_type: info} if info is not None else {})
 
     @routes.get("/api/jobs")

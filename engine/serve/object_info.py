@@ -52,22 +52,82 @@ FLOAT_STEP = 0.01
 FRONTEND_ONLY: frozenset[str] = frozenset({REROUTE, PRIMITIVE_NODE, *NOTE_TYPES})
 
 
-def object_info(registry: Registry, files: FileLister) -> dict[str, dict[str, Any]]:
-    """Every class_type graphrun runs -> its ComfyUI node description (``GET /object_info``).
+#: ComfyUI 0.33's editor titles and node-library folders where they differ from v0.18.1's (what graphrun's
+#: node declarations give): 0.33 moved the model nodes under ``model/`` and renamed a few (read from a real
+#: ComfyUI de6b062f's ``/object_info``; nodes it shows without a display name keep their class_type).
+TITLES_033: dict[str, tuple[str, str]] = {
+    "AddNoise": ("AddNoise", "model/sampling/noise"),
+    "BasicGuider": ("Basic Guider", "model/sampling/guiders"),
+    "BasicScheduler": ("BasicScheduler", "model/sampling/schedulers"),
+    "CFGGuider": ("CFG Guider", "model/sampling/guiders"),
+    "CLIPLoader": ("Load CLIP", "model/loaders"),
+    "CLIPTextEncode": ("CLIP Text Encode (Prompt)", "model/conditioning"),
+    "ConditioningZeroOut": ("Conditioning Zero Out", "model/conditioning/transform"),
+    "DisableNoise": ("DisableNoise", "model/sampling/noise"),
+    "EmptyLatentImage": ("Empty Latent Image", "model/latent"),
+    "EmptySD3LatentImage": ("EmptySD3LatentImage", "model/latent/stable diffusion"),
+    "ImageCompare": ("Compare Images", "image"),
+    "ImageScaleToMaxDimension": ("Scale Image to Max Dimension", "image/upscaling"),
+    "KSampler": ("KSampler", "model/sampling"),
+    "KSamplerAdvanced": ("KSampler (Advanced)", "model/sampling"),
+    "KSamplerSelect": ("KSamplerSelect", "model/sampling/samplers"),
+    "LatentUpscale": ("Upscale Latent", "model/latent"),
+    "LatentUpscaleBy": ("Upscale Latent By", "model/latent"),
+    "LoraLoader": ("Load LoRA (Model and CLIP)", "model/loaders"),
+    "LoraLoaderModelOnly": ("Load LoRA", "model/loaders"),
+    "ManualSigmas": ("ManualSigmas", "model/sampling/sigmas"),
+    "ModelSamplingAuraFlow": ("ModelSamplingAuraFlow", "model/patch"),
+    "ModelSamplingSD3": ("ModelSamplingSD3", "model/patch/stable diffusion"),
+    "PreviewAny": ("Preview as Text", "utilities"),
+    "PrimitiveBoolean": ("Boolean", "utilities/primitive"),
+    "PrimitiveFloat": ("Float", "utilities/primitive"),
+    "PrimitiveInt": ("Int", "utilities/primitive"),
+    "PrimitiveString": ("Text", "utilities/primitive"),
+    "PrimitiveStringMultiline": ("Text (Multiline)", "utilities/primitive"),
+    "RandomNoise": ("RandomNoise", "model/sampling/noise"),
+    "ResolutionSelector": ("Resolution Selector", "utilities"),
+    "SamplerCustom": ("SamplerCustom", "model/sampling/custom"),
+    "SamplerCustomAdvanced": ("SamplerCustomAdvanced", "model/sampling/custom"),
+    "SamplerER_SDE": ("SamplerER_SDE", "model/sampling/samplers"),
+    "SamplerLCM": ("SamplerLCM", "model/sampling/samplers"),
+    "SplitSigmas": ("SplitSigmas", "model/sampling/sigmas"),
+    "SplitSigmasDenoise": ("SplitSigmasDenoise", "model/sampling/sigmas"),
+    "UNETLoader": ("Load Diffusion Model", "model/loaders"),
+    "UpscaleModelLoader": ("Load Upscale Model", "model/loaders"),
+    "VAEDecode": ("VAE Decode", "model/latent"),
+    "VAEEncode": ("VAE Encode", "model/latent"),
+    "VAELoader": ("Load VAE", "model/loaders"),
+}
+
+
+def _titled(entry: dict[str, Any], class_type: str, comfy_version: str) -> dict[str, Any]:
+    """``entry`` with the display name and category of the ComfyUI version followed."""
+    from ..comfy.versions import comfy_at_least
+
+    if class_type in TITLES_033 and comfy_at_least(comfy_version, "0.33"):
+        entry["display_name"], entry["category"] = TITLES_033[class_type]
+    return entry
+
+
+def object_info(registry: Registry, files: FileLister, comfy_version: str = "") -> dict[str, dict[str, Any]]:
+    """Every class_type graphrun runs -> its ComfyUI node description (``GET /object_info``), with the titles
+    and categories of ``comfy_version``.
 
     ``files(folder)`` is asked once per folder for this answer, however many inputs list it.
     """
     listed = _once_per_folder(files)
     served = _served(registry)
-    return {class_type: _entry(registry, class_type, served[class_type], listed) for class_type in sorted(served)}
+    return {class_type: _titled(_entry(registry, class_type, served[class_type], listed), class_type, comfy_version)
+            for class_type in sorted(served)}
 
 
-def node_info(registry: Registry, class_type: str, files: FileLister) -> dict[str, Any] | None:
+def node_info(registry: Registry, class_type: str, files: FileLister, comfy_version: str = ""
+              ) -> dict[str, Any] | None:
     """The ComfyUI node description of one class_type (``GET /object_info/{class}``); None when graphrun has none."""
     kind = _served(registry).get(class_type)
     if kind is None:
         return None
-    return _entry(registry, class_type, kind, _once_per_folder(files))
+    return _titled(_entry(registry, class_type, kind, _once_per_folder(files)), class_type, comfy_version)
 
 
 def served_class_types(registry: Registry) -> list[str]:
