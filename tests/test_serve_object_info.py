@@ -253,6 +253,9 @@ def test_save_image_is_an_output_node_passing_its_images_on(info):
         entry = info[class_type]
         assert (entry["output"], entry["output_name"], entry["output_is_list"]) == (["IMAGE"], ["images"], [False])
     assert info["PreviewImage"]["output_node"] is True and info["VAEDecode"]["output_node"] is False
+    old = object_info(builtin_registry(), fake_files, "0.18.1")
+    for class_type in ("SaveImage", "PreviewImage"):
+        assert (old[class_type]["output"], old[class_type]["output_name"]) == ([], [])
 
 
 def test_unet_loader_lists_the_diffusion_models_of_the_models_dir(tmp_path):

@@ -100,12 +100,19 @@ TITLES_033: dict[str, tuple[str, str]] = {
 }
 
 
+#: Output nodes that gained their output socket in ComfyUI 0.33 (commit b0f9e326).
+OUTPUTS_SINCE_033 = ("SaveImage", "PreviewImage")
+
+
 def _titled(entry: dict[str, Any], class_type: str, comfy_version: str) -> dict[str, Any]:
-    """``entry`` with the display name and category of the ComfyUI version followed."""
+    """``entry`` with the display name, category and outputs of the ComfyUI version followed."""
     from ..comfy.versions import comfy_at_least
 
-    if class_type in TITLES_033 and comfy_at_least(comfy_version, "0.33"):
+    current = comfy_at_least(comfy_version, "0.33")
+    if class_type in TITLES_033 and current:
         entry["display_name"], entry["category"] = TITLES_033[class_type]
+    if class_type in OUTPUTS_SINCE_033 and not current:
+        entry["output"], entry["output_is_list"], entry["output_name"] = [], [], []
     return entry
 
 
