@@ -138,7 +138,9 @@ class Comfy:
     ComfyUI's optional section (None: graphrun's optional sockets); ``input_order``, ComfyUI's order of the
     inputs, which places the sockets among the widgets (widgets keep the widget order); ``options``, widget
     options that only change the editor (``step``, ``round``, ``advanced``); ``choices``, the values the editor
-    offers for a text input graphrun takes as free text. ComfyUI names throughout.
+    offers for a text input graphrun takes as free text. ComfyUI names throughout. ``outputs_since``: the
+    ComfyUI version (a ``comfy`` setting) from which the ComfyUI node has its outputs (SaveImage: "0.33");
+    under older settings links from them are refused, as that ComfyUI refuses them.
     """
 
     class_type: str
@@ -156,6 +158,7 @@ class Comfy:
     input_order: tuple[str, ...] = ()
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # ComfyUI input name -> widget options
     choices: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # ComfyUI input name -> offered values
+    outputs_since: str = ""
 
     def comfy_name(self, ours: str) -> str:
         return self.inputs.get(ours, ours)

@@ -341,8 +341,20 @@ def _bind_node(
     return BoundNode(node_id, spec, literals, links, entry.description, order)
 
 
-def _check_links(doc: Document, bound: dict[str, BoundNode], diags: list[Diagnostic]) -> dict[str, BoundNode]:
-    """Resolve default outputs and check every link's ends exist and their types agree."""
+def _outputs_missing_in(spec: Any, comfy_version: str) -> str | None:
+    """The ComfyUI version that added the node's outputs when the run follows an older one, else None."""
+    from .comfy.versions import comfy_at_least
+
+    for comfy in spec.comfy:
+        if comfy.outputs_since and not comfy_at_least(comfy_version, comfy.outputs_since):
+            return comfy.outputs_since
+    return None
+
+
+def _check_links(doc: Document, bound: dict[str, BoundNode], diags: list[Diagnostic], comfy_version: str = ""
+                 ) -> dict[str, BoundNode]:
+    """Resolve default outputs and check every link's ends exist and their types agree (and, for nodes whose
+    outputs came with a later ComfyUI, that the version followed has them)."""
     fixed: dict[str, BoundNode] = {}
     for node in bound.values():
         links: dict[str, tuple[str, str]] = {}
@@ -366,6 +378,18 @@ def _check_links(doc: Document, bound: dict[str, BoundNode], diags: list[Diagnos
             if source is None:
                 continue  # the source node already has its own diagnostic
             outputs = source.spec.outputs
+            since = _outputs_missing_in(source.spec, comfy_version)
+            if outputs and since:
+                diags.append(
+                    Diagnostic(
+                        "GR007", f"node '{src}' ({source.spec.name}) has no outputs in the ComfyUI version followed "
+                        f"(they came with ComfyUI {since}; that ComfyUI refuses this link too)", node=node.id,
+                        input=name, hint=f"run with --comfy {since}, or link from the node that feeds '{src}'",
+                        **where,
+                    )
+                )
+                ok = False
+                continue
             if not outputs:
                 diags.append(
                     Diagnostic(
@@ -548,7 +572,7 @@ def _check(
         env = CheckEnv(graph_dir=Path(doc.file).parent if doc.file else None)
     env = _with_comfy_version(env, doc)
     _run_node_checks(doc, bound, env, diags)
-    bound = _check_links(doc, bound, diags)
+    bound = _check_links(doc, bound, diags, env.comfy_version)
     has_cycle = _check_cycles(doc, bound, diags)
     if doc.nodes and not any(n.spec.output for n in bound.values()) and len(bound) == len(doc.nodes):
         outputs = sorted({s.name for s in registry if s.output})

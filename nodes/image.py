@@ -524,7 +524,7 @@ def _metadata(ctx: Context) -> Any:
     category="image",
     output=True,
     comfy=Comfy("SaveImage", inputs={"images": "images", "filename_prefix": "filename_prefix"},
-                display_name="Save Image"),
+                display_name="Save Image", outputs_since="0.33"),
     check=_check_save,
 )
 def save_image(
@@ -560,7 +560,7 @@ def save_image(
     "PreviewImage",
     category="image",
     output=True,
-    comfy=Comfy("PreviewImage", display_name="Preview Image"),
+    comfy=Comfy("PreviewImage", display_name="Preview Image", outputs_since="0.33"),
     check=_check_preview,
 )
 def preview_image(ctx: Context, images: Image) -> Written[SavedImages]:

@@ -35,3 +35,13 @@ def test_save_nodes_declare_their_image_output() -> None:
     registry = builtin_registry()
     for name in ("SaveImage", "PreviewImage"):
         assert [(o.name, o.type_name) for o in registry.get(name).outputs] == [("images", "IMAGE")]
+
+
+def test_links_from_save_image_are_refused_under_the_0181_setting(tmp_path: Path) -> None:
+    """ComfyUI v0.18.1's SaveImage has no output: it refuses the ImageScaleBy fed by one ("tuple index out of
+    range"); graphrun refuses the link at validation under that setting, naming the node and the way out."""
+    options = RunOptions(output_dir=tmp_path, comfy="0.18.1", extra={"models_dirs": [str(PIPELINE / "models")]})
+    errors = [d for d in graphrun.load(DATA / "workflow.api.json", runner=Runner(options)).validate() if d.is_error]
+    assert len(errors) == 2  # ImageScaleBy from SaveImage, SaveImage from PreviewImage
+    assert all(d.code == "GR007" and "has no outputs in the ComfyUI version followed" in d.message
+               and "ComfyUI 0.33" in d.message and "--comfy 0.33" in (d.hint or "") for d in errors)

@@ -100,18 +100,16 @@ TITLES_033: dict[str, tuple[str, str]] = {
 }
 
 
-#: Output nodes that gained their output socket in ComfyUI 0.33 (commit b0f9e326).
-OUTPUTS_SINCE_033 = ("SaveImage", "PreviewImage")
-
-
-def _titled(entry: dict[str, Any], class_type: str, comfy_version: str) -> dict[str, Any]:
-    """``entry`` with the display name, category and outputs of the ComfyUI version followed."""
+def _titled(registry: Registry, entry: dict[str, Any], class_type: str, comfy_version: str) -> dict[str, Any]:
+    """``entry`` with the display name, category and outputs of the ComfyUI version followed (a node whose
+    outputs came later, ``Comfy(outputs_since=...)``, shows none under older settings)."""
     from ..comfy.versions import comfy_at_least
 
-    current = comfy_at_least(comfy_version, "0.33")
-    if class_type in TITLES_033 and current:
+    if class_type in TITLES_033 and comfy_at_least(comfy_version, "0.33"):
         entry["display_name"], entry["category"] = TITLES_033[class_type]
-    if class_type in OUTPUTS_SINCE_033 and not current:
+    found = registry.comfy_spec(class_type)
+    since = found[1].outputs_since if found is not None else ""
+    if since and not comfy_at_least(comfy_version, since):
         entry["output"], entry["output_is_list"], entry["output_name"] = [], [], []
     return entry
 
@@ -124,7 +122,7 @@ def object_info(registry: Registry, files: FileLister, comfy_version: str = "") 
     """
     listed = _once_per_folder(files)
     served = _served(registry)
-    return {class_type: _titled(_entry(registry, class_type, served[class_type], listed), class_type, comfy_version)
+    return {class_type: _titled(registry, _entry(registry, class_type, served[class_type], listed), class_type, comfy_version)
             for class_type in sorted(served)}
 
 
@@ -134,7 +132,7 @@ def node_info(registry: Registry, class_type: str, files: FileLister, comfy_vers
     kind = _served(registry).get(class_type)
     if kind is None:
         return None
-    return _titled(_entry(registry, class_type, kind, _once_per_folder(files)), class_type, comfy_version)
+    return _titled(registry, _entry(registry, class_type, kind, _once_per_folder(files)), class_type, comfy_version)
 
 
 def served_class_types(registry: Registry) -> list[str]:
