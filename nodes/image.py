@@ -92,11 +92,12 @@ def _megapixels(pixels: int) -> str:
     return f"{pixels / 2**20:.1f} megapixels"
 
 
-def image_problem(path: Path, limit: int | None, decode: bool = True) -> str | None:
+def image_problem(path: Path, limit: int | None, decode: bool = True, pyav: bool = False) -> str | None:
     """Why LoadImage cannot load ``path`` (too many pixels, not an image, corrupt or truncated), or None.
 
     Reads the header first, so an oversized image is refused before its pixels are decoded; with ``decode`` the
-    first frame is then decoded completely, which is what finds truncated and corrupt files.
+    first frame is then decoded completely, which is what finds truncated and corrupt files. With ``pyav``
+    (ComfyUI 0.33's decoder) a file PIL does not read is fine when FFmpeg opens it (EXR, ...).
     """
     from PIL import Image as PILImage, UnidentifiedImageError
 
@@ -117,6 +118,10 @@ def image_problem(path: Path, limit: int | None, decode: bool = True) -> str | N
             if decode:
                 img.load()
     except UnidentifiedImageError:
+        if pyav:
+            from .image_decode import pyav_problem
+
+            return pyav_problem(path, limit)
         return f"'{path}' is not an image file (no format PIL reads: PNG, JPEG, WebP, GIF, BMP, TIFF, ...)"
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
         return f"image '{path}' is corrupt or truncated ({exc})"
@@ -135,7 +140,7 @@ def _check_image(literals: dict[str, Any], env: CheckEnv) -> list[Problem]:
         limit = max_image_pixels()
     except ValueError as exc:
         return [Problem("image", str(exc), "fix or unset the environment variable")]
-    problem = image_problem(found, limit)
+    problem = image_problem(found, limit, pyav=uses_pyav(env.comfy_version))
     if problem is None:
         return []
     hint = None if MAX_PIXELS_ENV in problem else "give a PNG, JPEG or WebP file that opens in an image viewer"
@@ -177,7 +182,7 @@ def load_image(ctx: Context, image: Annotated[str, Field(description="image file
     pyav = uses_pyav(ctx.comfy_version)
     # The file may have changed since validation (or its name came from another node). FFmpeg decodes a
     # truncated JPEG without complaint, so the PyAV path has PIL decode it completely first.
-    problem = image_problem(path, limit, decode=pyav)
+    problem = image_problem(path, limit, decode=pyav, pyav=pyav)
     if problem is not None:
         raise ValueError(problem)
     decoded = decode_image(path, ctx.comfy_version, limit)

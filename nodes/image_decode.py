@@ -98,6 +98,28 @@ class _Aligner:
         return np.ascontiguousarray(padded[: frame.height, : frame.width])
 
 
+def pyav_problem(path: Path, limit: int | None) -> str | None:
+    """Why ComfyUI 0.33's LoadImage cannot load a file PIL does not read (EXR, ...) from its container header,
+    or None: FFmpeg must open it and find a picture stream within the pixel limit."""
+    import av
+
+    try:
+        with av.open(str(path), mode="r") as container:
+            if not container.streams.video:
+                return str(_pyav_error(path, ValueError("no picture stream in the file")))
+            stream = container.streams.video[0]
+            frames = max(int(stream.frames or 0), 1)
+            pixels = int(stream.width or 0) * int(stream.height or 0) * frames
+    except (av.error.FFmpegError, OSError) as exc:
+        return (f"'{path}' is not an image file that PIL or FFmpeg reads (PNG, JPEG, WebP, GIF, BMP, TIFF, EXR, ...): "
+                f"{exc}")
+    if limit is not None and pixels > limit:
+        return (f"image '{path}' is {stream.width}x{stream.height}" + (f" x {frames} frames" if frames > 1 else "")
+                + f", more than the {limit} pixels LoadImage accepts; to allow it, raise GRAPHRUN_MAX_IMAGE_PIXELS "
+                "(0 = no limit)")
+    return None
+
+
 def _pyav_error(path: Path, exc: BaseException) -> ValueError:
     return ValueError(
         f"image '{path}' cannot be read by FFmpeg (PyAV), which ComfyUI 0.33's LoadImage decodes with ({exc}); "

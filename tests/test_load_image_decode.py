@@ -174,3 +174,27 @@ def test_file_truncated_after_validation_is_refused_at_load(tmp_path: Path) -> N
     path.write_bytes(path.read_bytes()[:1200])
     with pytest.raises(NodeFailed, match=r"picture\.jpg' is corrupt or truncated"):
         graph.runner.run(bound)
+
+
+#: sha256 of the float32 IMAGE real ComfyUI de6b062f's LoadImage gave for inputs/grad.exr ([1, 24, 40, 3];
+#: the MASK is zeros [1, 64, 64]); see the README.
+EXR_IMAGE_SHA256 = "3b4dfad1dec10f8a9808523e5509a50ffac78e39e1854a6e9515a1b280d07ab2"
+
+
+def test_exr_which_only_ffmpeg_reads_loads_as_in_comfyui_033(tmp_path: Path) -> None:
+    """ComfyUI 0.33 decodes an EXR (float planes) through FFmpeg: graphrun validates it and gives the same
+    tensor. PIL reads no EXR, so under --comfy 0.18.1 (PIL, as v0.18.1) it is a validation error naming the file."""
+    workflow = tmp_path / "exr.api.json"
+    workflow.write_text(json.dumps({"1": {"class_type": "LoadImage", "_meta": {"title": "exr"}, "inputs": {"image": "grad.exr"}},
+                                    "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}))
+    runner = Runner(RunOptions(output_dir=tmp_path / "out", extra={"input_dirs": [str(INPUTS)]}), cache_bytes=1 << 28)
+    graph = graphrun.load(workflow, runner=runner)
+    assert not [d for d in graph.validate() if d.is_error]
+    result = graph.run()
+    image, mask = _loaded(runner, result, graph.bind())["1"]
+    assert list(image.shape) == [1, 24, 40, 3] and image.dtype == torch.float32
+    assert hashlib.sha256(image.contiguous().numpy().tobytes()).hexdigest() == EXR_IMAGE_SHA256
+    assert list(mask.shape) == [1, 64, 64] and not mask.any()
+    old = Runner(RunOptions(output_dir=tmp_path / "old", comfy="0.18.1", extra={"input_dirs": [str(INPUTS)]}))
+    errors = [d for d in graphrun.load(workflow, runner=old).validate() if d.is_error]
+    assert len(errors) == 1 and "grad.exr" in errors[0].message and "not an image file" in errors[0].message

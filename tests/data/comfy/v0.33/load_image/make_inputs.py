@@ -55,3 +55,16 @@ frames[0].save(out / "anim.gif", save_all=True, append_images=frames[1:], durati
 frames[0].save(out / "anim.webp", save_all=True, append_images=frames[1:], duration=100, loop=0, lossless=True)
 # lossy WebP (FFmpeg: yuv420p, the float path) at an unaligned width
 Image.fromarray(np.round(pattern(90, 70, 0.5) * 255).astype(np.uint8)).save(out / "lossy.webp", quality=80)
+# EXR (float, only FFmpeg reads it): written with PyAV's exr encoder
+import av  # noqa: E402
+
+ey, ex = np.mgrid[0:24, 0:40].astype(np.float32)
+exr = np.stack([ex / 39, ey / 23, 0.5 + 0.5 * np.sin(ex * 0.7 + ey * 0.3)], axis=-1).astype(np.float32) * 1.25
+container = av.open(str(out / "grad.exr"), "w", format="image2")
+stream = container.add_stream("exr")
+stream.width, stream.height, stream.pix_fmt = 40, 24, "gbrpf32le"
+for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(exr), format="gbrpf32le")):
+    container.mux(packet)
+for packet in stream.encode():
+    container.mux(packet)
+container.close()
