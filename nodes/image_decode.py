@@ -103,6 +103,7 @@ def pyav_problem(path: Path, limit: int | None) -> str | None:
     or None: FFmpeg must open it and find a picture stream within the pixel limit."""
     import av
 
+    not_an_image = f"'{path}' is not an image file that PIL or FFmpeg reads (PNG, JPEG, WebP, GIF, BMP, TIFF, EXR, ...)"
     try:
         with av.open(str(path), mode="r") as container:
             if not container.streams.video:
@@ -110,13 +111,16 @@ def pyav_problem(path: Path, limit: int | None) -> str | None:
             stream = container.streams.video[0]
             frames = max(int(stream.frames or 0), 1)
             pixels = int(stream.width or 0) * int(stream.height or 0) * frames
+            if limit is not None and pixels > limit:
+                return (f"image '{path}' is {stream.width}x{stream.height}"
+                        + (f" x {frames} frames" if frames > 1 else "")
+                        + f", more than the {limit} pixels LoadImage accepts; to allow it, raise "
+                        "GRAPHRUN_MAX_IMAGE_PIXELS (0 = no limit)")
+            # FFmpeg opens many files by their name alone (a text file called .png): a frame must decode.
+            if next(container.decode(video=0), None) is None:
+                return not_an_image
     except (av.error.FFmpegError, OSError) as exc:
-        return (f"'{path}' is not an image file that PIL or FFmpeg reads (PNG, JPEG, WebP, GIF, BMP, TIFF, EXR, ...): "
-                f"{exc}")
-    if limit is not None and pixels > limit:
-        return (f"image '{path}' is {stream.width}x{stream.height}" + (f" x {frames} frames" if frames > 1 else "")
-                + f", more than the {limit} pixels LoadImage accepts; to allow it, raise GRAPHRUN_MAX_IMAGE_PIXELS "
-                "(0 = no limit)")
+        return f"{not_an_image}: {exc}"
     return None
 
 
