@@ -42,7 +42,7 @@ class ModelHandle:
     @contextmanager
     def ready(self) -> Iterator["ZImageDenoiser"]:
         """The denoiser with this handle's shift, its LoRAs patched into the weights meanwhile."""
-        from .lora import patched
+        from .lora_patching import patched
         from .sampling.schedules import FlowModelSampling
 
         denoiser = self.denoiser.with_model_sampling(FlowModelSampling(shift=self.shift))
@@ -64,7 +64,7 @@ class ClipHandle:
     @contextmanager
     def ready(self) -> Iterator[tuple[Any, Any]]:
         """``(text_encoder, tokenizer)`` with this handle's LoRAs patched into the encoder meanwhile."""
-        from .lora import patched
+        from .lora_patching import patched
 
         with patched(self.text_encoder, self.loras):
             yield self.text_encoder, self.tokenizer

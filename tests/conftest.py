@@ -4,12 +4,28 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # MKL picks its vector-math code path per CPU model, which changes exp/tanh in the last bit between
 # machines; its compatible path gives the same bits on every x86 CPU (set before torch loads MKL).
 os.environ.setdefault("MKL_CBWR", "COMPATIBLE")
 
 DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread for the test (bit-exact references were recorded so: the thread count changes
+    the last bit of some float32 matmuls), restored afterwards."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def pytest_configure(config):

@@ -11,8 +11,9 @@ from diffusers import ZImageTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 from safetensors.torch import load_file, save_file
 
-import graphrun.nodes.lora as lora_module
-from graphrun.nodes.lora import LoraError, LoraWarning, check_lora, load_lora, match_lora, patched
+import graphrun.nodes.lora_patching as lora_module
+from graphrun.nodes.lora import LoraError, LoraWarning, check_lora, load_lora, match_lora
+from graphrun.nodes.lora_patching import patched
 from graphrun.nodes.zimage import lora_keys
 from graphrun.nodes.zimage.tiny_loras import LAYOUTS, canonical_pairs, write_test_loras
 

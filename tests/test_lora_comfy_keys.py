@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 import graphrun
 from graphrun.engine.context import RunOptions
 from graphrun.engine.executor import NodeFailed, Runner
-from graphrun.nodes.lora import LoraError, LoraWarning, check_lora, key_map, load_lora, match_lora, patched
+from graphrun.nodes.lora import LoraError, LoraWarning, check_lora, key_map, load_lora, match_lora
+from graphrun.nodes.lora_patching import patched
 from graphrun.nodes.zimage import loading, lora_keys, text
 from graphrun.nodes.zimage.tiny_loras import IGNORED_LAYOUTS, canonical_pairs, write_comfy_ignored_loras, write_test_loras
 

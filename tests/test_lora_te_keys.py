@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 import graphrun
 from graphrun.engine.context import RunOptions
 from graphrun.engine.executor import Runner
-from graphrun.nodes.lora import LoraWarning, check_lora, key_map, load_lora, match_lora, patched
+from graphrun.nodes.lora import LoraWarning, check_lora, key_map, load_lora, match_lora
+from graphrun.nodes.lora_patching import patched
 from graphrun.nodes.zimage import loading
 from graphrun.nodes.zimage.tiny_loras import RANK, TE_ALPHA, text_encoder_pairs, write_test_loras
 

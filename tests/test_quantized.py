@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 import graphrun
 from graphrun.engine.context import RunOptions
 from graphrun.engine.executor import NodeFailed, Runner
-from graphrun.nodes.quantized import QuantizedLinear
+from graphrun.nodes.quantized_layers import QuantizedLinear
 from graphrun.nodes.zimage.loading import ModelLoadError, load_text_encoder_file, load_transformer_file, load_vae_file
 from graphrun.nodes.zimage.tiny import COMFY_TEXT_ENCODER, COMFY_TRANSFORMER, COMFY_VAE, tiny_comfy_dir
 

@@ -24,7 +24,8 @@ from PIL import Image
 import graphrun
 from graphrun.engine.context import RunOptions
 from graphrun.engine.executor import Runner
-from graphrun.nodes.lora import LoraError, LoraWarning, check_lora, key_map, load_lora, patched
+from graphrun.nodes.lora import LoraError, LoraWarning, check_lora, key_map, load_lora
+from graphrun.nodes.lora_patching import patched
 from graphrun.nodes.quantized_int8 import Int8Linear, comfy_seed, requantize_patched
 from graphrun.nodes.zimage.loading import load_text_encoder_file, load_transformer_file
 

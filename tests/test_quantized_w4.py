@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from graphrun.engine.diagnostics import GraphError
-from graphrun.nodes.lora import load_lora, patched
+from graphrun.nodes.lora import load_lora
+from graphrun.nodes.lora_patching import patched
 from graphrun.nodes.quantized_int8 import Int8Linear
 from graphrun.nodes.quantized_w4 import W4A4Linear, pack_nibbles, unpack_nibbles
 from graphrun.nodes.zimage.loading import load_text_encoder_file, load_transformer_file

@@ -32,12 +32,8 @@ ENCODERS = ["qwen_3_4b", *QUANTIZED]
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def _one_thread(one_thread):
     """The references were made with 1 intra-op thread (the thread count changes the last bit)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

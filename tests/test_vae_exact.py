@@ -35,16 +35,6 @@ def calls() -> dict[str, torch.Tensor]:
     return load_file(DATA / "calls.safetensors")
 
 
-@pytest.fixture()
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
 def _assert_bit_equal(what: str, out: torch.Tensor, expected: torch.Tensor) -> None:
     assert out.shape == expected.shape and out.dtype == expected.dtype, f"{what}: {out.shape} {out.dtype}"
     equal = float((out == expected).float().mean())

@@ -31,16 +31,6 @@ def denoiser() -> ZImageDenoiser:
     return ZImageDenoiser(load_transformer_file(path, "cpu", torch.float32), device=torch.device("cpu"))
 
 
-@pytest.fixture()
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
 @pytest.mark.parametrize("case", ["a", "b"], ids=["batch2_24x24_caption45", "odd_15x17_caption32"])
 def test_denoised_equals_comfyui_033_bit_for_bit(denoiser, one_thread, case):
     calls = load_file(DATA / "calls.safetensors")

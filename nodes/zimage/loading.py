@@ -471,7 +471,8 @@ def load_transformer_file(
     the ComfyUI 0.33 setting (``comfy_version``, default the current default) int8 layers stay int8
     and compute as ComfyUI 0.33 computes them (``graphrun.nodes.quantized_int8``)."""
     from ...engine.comfy.versions import DEFAULT_COMFY_VERSION
-    from ..quantized import install_quantized_linears, load_checkpoint
+    from ..quantized import load_checkpoint
+    from ..quantized_layers import install_quantized_linears
     from diffusers import ZImageTransformer2DModel
     from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 
@@ -624,13 +625,14 @@ def load_text_encoder_file(
 
     The weights are stored in ``dtype``; computation is always float32 (``ensure_fp32_compute``).
     Quantized layers (ComfyUI's fp8/mixed files) stay quantized and are dequantized in float32 at
-    each call, as ComfyUI does (``graphrun.nodes.quantized.QuantizedLinear``); under the ComfyUI 0.33
+    each call, as ComfyUI does (``graphrun.nodes.quantized_layers.QuantizedLinear``); under the ComfyUI 0.33
     setting (``comfy_version``) int8 layers compute in int8 as ComfyUI 0.33 does.
     """
     from accelerate import init_empty_weights
 
     from ...engine.comfy.versions import DEFAULT_COMFY_VERSION
-    from ..quantized import install_quantized_linears, split_checkpoint
+    from ..quantized import split_checkpoint
+    from ..quantized_layers import install_quantized_linears
     from transformers import Qwen3Config, Qwen3Model
 
     what = "Text encoder file"
