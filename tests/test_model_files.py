@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from graphrun.engine.cli import main
 from graphrun.nodes import model_files
-from graphrun.nodes.zimage import loading, text, tiny
+from graphrun.nodes.zimage import loading, text, tiny, tokenizers
 
 ROOT = Path(__file__).parent.parent
 TURBO = ROOT / "graphs" / "zimage_turbo.yaml"
@@ -197,7 +197,7 @@ def test_bundled_tokenizer_gives_qwen_token_ids():
     """Against the reference BPE, on plain, unicode, emoji, CJK, whitespace and chat-template text;
     and the well-known Qwen ids of the Z-Image template."""
     reference = _ReferenceBPE(_tokenizer_folder())
-    tokenizer = loading.bundled_tokenizer()
+    tokenizer = tokenizers.bundled_tokenizer()
     assert len(tokenizer) == loading.BUNDLED_TOKENIZER_SIZE
     for prompt in PROMPTS:
         templated = text.format_prompt(prompt)
@@ -244,7 +244,7 @@ def test_split_text_encoder_without_tokenizer_folder_runs(tmp_path, capsys, qwen
     assert rc == 0, err
     assert Path(out.strip()).is_file()
     te = loading.load_text_encoder_file(qwen_vocab_models / tiny.COMFY_TEXT_ENCODER, "cpu", "fp32")
-    assert te.tokenizer is loading.bundled_tokenizer()
+    assert te.tokenizer is tokenizers.bundled_tokenizer()
     assert text.tokenize_prompt(te.tokenizer, "Hello world")[:5] == [151644, 872, 198, 9707, 1879]
 
 

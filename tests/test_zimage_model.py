@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from graphrun.nodes import runtime
-from graphrun.nodes.zimage import loading, network, text, tiny, vae
+from graphrun.nodes.zimage import loading, network, sources, text, tiny, vae
 
 torch.set_num_threads(1)
 
@@ -440,9 +440,9 @@ def test_real_text_encoder_needs_a_tokenizer(tmp_path: Path, tiny_dir: Path,
     path = tmp_path / "text_encoders" / "qwen_3_4b.safetensors"
     path.parent.mkdir()
     save_file(tiny.text_encoder_to_hf(model.state_dict()), str(path))
-    monkeypatch.delenv(loading.TOKENIZER_ENV, raising=False)
+    monkeypatch.delenv(sources.TOKENIZER_ENV, raising=False)
     with pytest.raises(loading.ModelLoadError, match=r"needs its tokenizer.*GRAPHRUN_TOKENIZER"):
         loading.load_text_encoder_file(path)
-    monkeypatch.setenv(loading.TOKENIZER_ENV, str(tiny_dir / "tokenizer"))
+    monkeypatch.setenv(sources.TOKENIZER_ENV, str(tiny_dir / "tokenizer"))
     te = loading.load_text_encoder_file(path, "cpu", "fp32")
     assert te.text_encoder.config.vocab_size == 600 and len(te.tokenizer) == 261

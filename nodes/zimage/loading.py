@@ -17,7 +17,6 @@ The device/dtype policy, and the text encoder's float32 compute, live in ``graph
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -38,14 +37,11 @@ from ..model_files import ModelFileError, read_safetensors_header, require_finit
 from ..runtime import ensure_fp32_compute, quiet_progress, resolve_device_dtype
 from .sources import (  # torch-free: validation uses the same key tests and tokenizer rules
     BUNDLED_TOKENIZER_SIZE,
-    TOKENIZER_ENV,
     encoder_vocab,
-    tokenizer_env_problem,
 )
 from .sources import TEXT_ENCODER_PREFIXES as _TEXT_ENCODER_PREFIXES
 from .sources import TRANSFORMER_PREFIXES as _TRANSFORMER_PREFIXES
 from .sources import VAE_PREFIXES as _VAE_PREFIXES
-from .sources import is_tokenizer_folder as _is_tokenizer_folder
 from .sources import looks_like as _looks_like
 from .sources import strip_prefix as _strip
 
@@ -551,77 +547,13 @@ def load_vae_file(
     return model
 
 
-def byte_tokenizer() -> Any:
-    """The offline byte-level Qwen2 tokenizer of the tiny model."""
-    from .tiny import build_tokenizer
-
-    return build_tokenizer()
-
-
-@functools.lru_cache(maxsize=1)
-def bundled_tokenizer() -> Any:
-    """The Qwen2 BPE tokenizer shipped with graphrun (``graphrun/nodes/zimage/tokenizer/``): the
-    files ComfyUI uses for Z-Image's Qwen3 text encoder (see ``tokenizer/PROVENANCE.md``). Loaded
-    once per process; tokenizing does not change it."""
-    from importlib import resources
-
-    from transformers import AutoTokenizer
-
-    with resources.as_file(resources.files(__package__) / "tokenizer") as folder, _offline():
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-
-
-def _load_tokenizer_folder(folder: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    with _offline():
-        try:
-            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"The tokenizer folder {folder} could not be loaded: {exc}") from exc
-
-
-def find_tokenizer(text_encoder_path: str | os.PathLike[str], vocab_size: int,
-                   tokenizer: str | os.PathLike[str] | None = None) -> Any:
-    """The tokenizer for a single-file text encoder.
-
-    Tiny encoders (vocab <= 512) use the offline byte-level tokenizer. A real Qwen3 uses, in order:
-    ``tokenizer`` if given, ``tokenizer/`` next to the file, ``$GRAPHRUN_TOKENIZER``, else the Qwen
-    tokenizer bundled with graphrun (:func:`bundled_tokenizer`, what ComfyUI uses), which fits every
-    encoder with Qwen's vocabulary.
-    """
-    if tokenizer is None and vocab_size <= 512:
-        return byte_tokenizer()
-    file = Path(text_encoder_path)
-    if tokenizer is not None:
-        folder = Path(tokenizer).expanduser()
-        if not _is_tokenizer_folder(folder):
-            raise ModelLoadError(f"The tokenizer folder {folder} needs tokenizer.json, or vocab.json and merges.txt.")
-        return _load_tokenizer_folder(folder)
-    if _is_tokenizer_folder(file.parent / "tokenizer"):
-        return _load_tokenizer_folder(file.parent / "tokenizer")
-    problem = tokenizer_env_problem()
-    if problem:
-        raise ModelLoadError(problem)
-    if os.environ.get(TOKENIZER_ENV):
-        return _load_tokenizer_folder(Path(os.environ[TOKENIZER_ENV]).expanduser())
-    if vocab_size >= BUNDLED_TOKENIZER_SIZE:
-        return bundled_tokenizer()
-    raise ModelLoadError(
-        f"The text encoder {file} needs its tokenizer (Qwen2Tokenizer: tokenizer.json, or vocab.json + "
-        f"merges.txt): its vocabulary has {vocab_size} tokens, fewer than the {BUNDLED_TOKENIZER_SIZE} of the Qwen "
-        f"tokenizer bundled with graphrun. Looked in: {file.parent / 'tokenizer'}, ${TOKENIZER_ENV} (unset). Put the "
-        f"encoder's 'tokenizer' folder at {file.parent / 'tokenizer'}, or set {TOKENIZER_ENV}=/path/to/that/folder."
-    )
-
-
 def load_text_encoder_file(
     path: str | os.PathLike[str], device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None, tokenizer: str | os.PathLike[str] | None = None,
     comfy_version: str | None = None,
 ) -> TextEncoderParts:
     """Load the Qwen3 text encoder from one safetensors file (e.g. ComfyUI's
-    ``text_encoders/qwen_3_4b.safetensors``) and find its tokenizer (see ``find_tokenizer``).
+    ``text_encoders/qwen_3_4b.safetensors``) and find its tokenizer (see :func:`graphrun.nodes.zimage.tokenizers.find_tokenizer`).
 
     The weights are stored in ``dtype``; computation is always float32 (``ensure_fp32_compute``).
     Quantized layers (ComfyUI's fp8/mixed files) stay quantized and are dequantized in float32 at
@@ -641,6 +573,8 @@ def load_text_encoder_file(
     info = _inspect(p, what)
     _require_kind(info, "text_encoder", "text encoder (CLIP)")
     config = infer_text_encoder_config(info.shapes, info.extra_config())
+    from .tokenizers import find_tokenizer
+
     tok = find_tokenizer(p, config["vocab_size"], tokenizer)
     if len(tok) > config["vocab_size"]:
         raise ModelLoadError(
@@ -754,6 +688,8 @@ def load_diffusers_folder(
             tokenizer = attempt("tokenizer", lambda: AutoTokenizer.from_pretrained(
                 str(root / "tokenizer"), local_files_only=True))
         else:
+            from .tokenizers import bundled_tokenizer
+
             tokenizer = bundled_tokenizer()
     for name, module in (("transformer", transformer), ("text_encoder", text_encoder), ("vae", vae)):
         # NaN/Inf weights load and run without any error but give black or noise pictures.
