@@ -188,8 +188,10 @@ class ZImageDenoiser:
                 caps_mixed = [c.to(device=device, dtype=dtype) for c in captions]
                 model_out = comfy_forward.forward_mixed(self.transformer, x_in, sigma_in, caps_mixed)
                 out.copy_(model_out[:, :, :height, :width].float().to(x.device))
-                groups = {}
-            for rows in groups.values():
+                batches: list[list[int]] = []
+            else:
+                batches = list(groups.values())
+            for rows in batches:
                 caps = torch.stack([captions[i] for i in rows]).to(device=device, dtype=dtype)
                 if len(rows) == n:
                     model_out = comfy_forward.forward(self.transformer, x_in, sigma_in, caps)
